@@ -1,0 +1,221 @@
+//! Command-line syntax only (clap types). Resolution into settings lives in `config.rs`,
+//! behaviour in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use xai_keys_core::Scope;
+
+/// Key management for XAI nodes: issue, rotate, revoke and audit API keys.
+#[derive(Debug, Parser)]
+#[command(name = "xai-keys", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Key store file [env: XAI_API_KEY_STORE, alias XAI_API_KEY_STORE_PATH]
+    /// [default: ./secure_keys/api_keys.json]. The audit log is `<store>.log`.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+
+    /// Output format: a table for people, JSON for automation (auto = table on a terminal).
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Auto)]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Auto,
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List keys (metadata only, never plaintext).
+    List(ListArgs),
+    /// Issue a new key; its plaintext is printed once.
+    Issue(IssueArgs),
+    /// Register a key by its SHA-256 id alone (the plaintext stays in an HSM).
+    Import(ImportArgs),
+    /// Revoke (delete) a key.
+    Revoke(RevokeArgs),
+    /// Suspend a key reversibly.
+    Disable(KeyArg),
+    /// Re-enable a suspended key.
+    Enable(KeyArg),
+    /// Issue a replacement, then revoke the old key or let it expire after a grace period.
+    Rotate(RotateArgs),
+    /// Show recent audit events, oldest first.
+    Events(EventsArgs),
+    /// Replay recent audit events, then follow the log (NDJSON) until SIGINT/SIGTERM.
+    WatchEvents(WatchArgs),
+    /// Register an admin key from a pre-provisioned secret (idempotent).
+    BootstrapAdmin(BootstrapArgs),
+    /// Check the store, the audit chain and permissions; exit 1 on any integrity failure.
+    Verify(VerifyArgs),
+    /// Write a consistent snapshot (store, log, manifest) to a new directory.
+    Backup(BackupArgs),
+    /// Restore a backup without truncating the live log or reviving revoked keys.
+    Restore(RestoreArgs),
+}
+
+/// Lifetime flags shared by `issue`, `import`, `rotate`, `bootstrap-admin`.
+#[derive(Debug, Args, Default)]
+pub struct TtlArgs {
+    /// Lifetime as a duration: `36h`, `90d`, `2w` (default XAI_API_KEY_DEFAULT_TTL_DAYS, 90 days).
+    #[arg(long, value_name = "DURATION", conflicts_with_all = ["ttl_days", "ttl_hours", "permanent"])]
+    pub ttl: Option<String>,
+    /// Lifetime in days (may be fractional).
+    #[arg(long, value_name = "DAYS", conflicts_with_all = ["ttl_hours", "permanent"], allow_negative_numbers = true)]
+    pub ttl_days: Option<f64>,
+    /// Lifetime in hours (may be fractional).
+    #[arg(
+        long,
+        value_name = "HOURS",
+        conflicts_with = "permanent",
+        allow_negative_numbers = true
+    )]
+    pub ttl_hours: Option<f64>,
+    /// Never expires (needs XAI_API_KEY_ALLOW_PERMANENT=1).
+    #[arg(long)]
+    pub permanent: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, value_parser = parse_scope)]
+    pub scope: Option<Scope>,
+    /// active, expired or disabled.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only active keys expiring within this duration (`7d`).
+    #[arg(long, value_name = "DURATION")]
+    pub expiring_within: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    #[arg(long, value_parser = parse_scope, default_value = "user")]
+    pub scope: Scope,
+    #[arg(long, default_value = "")]
+    pub label: String,
+    #[command(flatten)]
+    pub ttl: TtlArgs,
+    /// Persist the hash of a secret read from standard input instead of generating one.
+    #[arg(long)]
+    pub plaintext_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// SHA-256 (64 hex characters) of the key held elsewhere.
+    #[arg(long)]
+    pub key_id: String,
+    #[arg(long, value_parser = parse_scope, default_value = "user")]
+    pub scope: Scope,
+    #[arg(long, default_value = "")]
+    pub label: String,
+    #[command(flatten)]
+    pub ttl: TtlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArg {
+    /// Full key id or a unique prefix of at least 12 hex characters.
+    pub key_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// Full key id or a unique prefix of at least 12 hex characters.
+    pub key_id: String,
+    /// Why (recorded in the audit log), e.g. `compromised-INC-1234`.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Full key id or a unique prefix of at least 12 hex characters.
+    pub key_id: String,
+    /// Keep the old key working for this long (`24h`); 0 revokes it at once.
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    pub grace: String,
+    /// Scope of the replacement (default: the old key's).
+    #[arg(long, value_parser = parse_scope)]
+    pub scope: Option<Scope>,
+    /// Label of the replacement (default: the old key's).
+    #[arg(long)]
+    pub label: Option<String>,
+    #[command(flatten)]
+    pub ttl: TtlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// How many of the most recent matching events (1–10000).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Full key id or prefix (also matches `replaced`).
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// RFC 3339 time, epoch seconds, or a duration ago (`2h`).
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Replay this many recent events first.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+    /// Multi-line JSON for people instead of NDJSON.
+    #[arg(long)]
+    pub pretty: bool,
+    /// Poll interval.
+    #[arg(long, default_value = "250ms", value_name = "DURATION")]
+    pub interval: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapArgs {
+    /// The secret (visible to other users in the process list: prefer --secret-stdin or
+    /// XAI_BOOTSTRAP_ADMIN_KEY).
+    #[arg(long, conflicts_with = "secret_stdin")]
+    pub secret: Option<String>,
+    /// Read the secret from standard input.
+    #[arg(long)]
+    pub secret_stdin: bool,
+    #[arg(long, default_value = "bootstrap-admin")]
+    pub label: String,
+    #[command(flatten)]
+    pub ttl: TtlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Accept the current store file as the audited state (records an `adopt` event). Use only
+    /// after reviewing an out-of-band change that verify reported.
+    #[arg(long)]
+    pub adopt: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// New directory to write the backup into.
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup directory written by `xai-keys backup`.
+    pub path: PathBuf,
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    s.parse().map_err(|e: xai_keys_core::Error| e.to_string())
+}

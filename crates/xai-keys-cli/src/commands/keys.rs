@@ -1,0 +1,311 @@
+//! `list`, `issue`, `import`, `revoke`, `disable`, `enable`, `rotate`, `bootstrap-admin`.
+
+use std::io::Read;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use xai_keys_core::audit::Actor;
+use xai_keys_core::ops::{
+    IssueRequest, IssuedKey, KeyInfo, KeyManager, ListFilter, RotateRequest, listing_json,
+};
+use xai_keys_core::{PlainToken, now_epoch};
+
+use crate::args::{BootstrapArgs, ImportArgs, IssueArgs, KeyArg, ListArgs, RevokeArgs, RotateArgs};
+use crate::config::{Config, parse_duration, ttl_given, ttl_request};
+use crate::output::{self, fmt_time};
+
+fn issued_json(k: &IssuedKey) -> Value {
+    let r = &k.info.record;
+    json!({
+        "api_key": k.plaintext.expose(),
+        "key_id": k.info.key_id.as_str(),
+        "scope": r.scope.as_str(),
+        "label": r.label,
+        "expires_at": r.expires_at,
+        "permanent": r.permanent,
+        "created": r.created,
+        "fingerprint": k.info.key_id.fingerprint(),
+    })
+}
+
+fn print_issued(cfg: &Config, k: &IssuedKey, extra: Option<(&str, Value)>) -> Result<()> {
+    if k.clamped {
+        eprintln!(
+            "warning: the requested lifetime exceeds XAI_API_KEY_MAX_TTL_DAYS; the key expires at {}",
+            fmt_time(k.info.record.expires_at)
+        );
+    }
+    if cfg.json {
+        let mut v = issued_json(k);
+        if let (Some((name, val)), Some(obj)) = (extra, v.as_object_mut()) {
+            obj.insert(name.into(), val);
+        }
+        return output::json(&v);
+    }
+    let r = &k.info.record;
+    output::line(format!("api_key:    {}", k.plaintext.expose()))?;
+    output::line(format!("key_id:     {}", k.info.key_id))?;
+    output::line(format!("scope:      {}", r.scope))?;
+    output::line(format!("label:      {}", r.label))?;
+    output::line(format!("expires_at: {}", fmt_time(r.expires_at)))?;
+    if let Some((name, val)) = extra {
+        output::line(format!(
+            "{name}: {}",
+            val.as_str().map_or_else(|| val.to_string(), str::to_string)
+        ))?;
+    }
+    eprintln!("Store the api_key now: it is not kept and cannot be shown again.");
+    Ok(())
+}
+
+fn print_info(cfg: &Config, verb: &str, k: &KeyInfo, now: f64) -> Result<()> {
+    if cfg.json {
+        let mut v = listing_json(k, now);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("key_id".into(), k.key_id.as_str().into());
+            o.insert(verb.into(), true.into());
+        }
+        return output::json_line(&v);
+    }
+    output::line(format!(
+        "{verb} {} ({}, {}, label {:?})",
+        k.key_id, k.record.scope, k.state, k.record.label
+    ))
+}
+
+pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
+    let now = now_epoch();
+    let store = cfg.open_store()?;
+    let filter = ListFilter {
+        scope: a.scope,
+        state: a.state.as_deref().map(str::parse).transpose()?,
+        expiring_within: a
+            .expiring_within
+            .as_deref()
+            .map(|s| parse_duration("--expiring-within", s).map(|d| d.as_secs_f64()))
+            .transpose()?,
+    };
+    let (keys, warnings, exists) = KeyManager::new(&store, cfg.policy).list(&filter, now)?;
+    output::warnings(&warnings);
+    if !exists {
+        eprintln!(
+            "note: store {} does not exist yet (no keys)",
+            cfg.store_path.display()
+        );
+    }
+    if cfg.json {
+        let m: serde_json::Map<String, Value> = keys
+            .iter()
+            .map(|k| (k.key_id.to_string(), listing_json(k, now)))
+            .collect();
+        return output::json(&Value::Object(m)).map(|()| true);
+    }
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            let r = &k.record;
+            vec![
+                k.key_id.fingerprint().to_string(),
+                r.scope.to_string(),
+                k.state.to_string(),
+                fmt_time(Some(r.created)),
+                fmt_time(r.expires_at),
+                r.replaced_by
+                    .as_deref()
+                    .map_or(String::new(), |s| format!("→{}", &s[..12.min(s.len())])),
+                r.label.clone(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "KEY_ID", "SCOPE", "STATE", "CREATED", "EXPIRES", "ROTATED", "LABEL",
+        ],
+        &rows,
+    )?;
+    eprintln!("{} key(s) in {}", keys.len(), cfg.store_path.display());
+    Ok(true)
+}
+
+fn read_stdin_secret(what: &str) -> Result<PlainToken> {
+    let mut s = String::new();
+    std::io::stdin()
+        .take(64 * 1024)
+        .read_to_string(&mut s)
+        .with_context(|| format!("reading {what} from standard input"))?;
+    let secret = PlainToken::from_supplied(s.trim_end_matches(['\n', '\r']));
+    s.clear();
+    Ok(secret?)
+}
+
+pub fn issue(a: IssueArgs, cfg: &Config) -> Result<bool> {
+    let now = now_epoch();
+    let ttl = ttl_request(&a.ttl)?;
+    let secret = if a.plaintext_stdin {
+        Some(read_stdin_secret("the key")?)
+    } else {
+        None
+    };
+    let supplied = secret.is_some();
+    let store = cfg.open_store()?;
+    let k = KeyManager::new(&store, cfg.policy).issue(
+        IssueRequest {
+            scope: a.scope,
+            label: a.label,
+            ttl,
+            secret,
+        },
+        &Actor::current_cli_user(),
+        now,
+    )?;
+    if supplied {
+        // Never echo a caller's secret back: report the id only.
+        let info = &k.info;
+        if cfg.json {
+            let mut v = issued_json(&k);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("api_key");
+            }
+            return output::json(&v).map(|()| true);
+        }
+        return print_info(cfg, "issued", info, now).map(|()| true);
+    }
+    print_issued(cfg, &k, None)?;
+    Ok(true)
+}
+
+pub fn import(a: ImportArgs, cfg: &Config) -> Result<bool> {
+    let now = now_epoch();
+    let ttl = ttl_request(&a.ttl)?;
+    let store = cfg.open_store()?;
+    let k = KeyManager::new(&store, cfg.policy).import(
+        &a.key_id,
+        a.scope,
+        &a.label,
+        ttl,
+        &Actor::current_cli_user(),
+        now,
+    )?;
+    print_info(cfg, "imported", &k, now)?;
+    Ok(true)
+}
+
+pub fn revoke(a: RevokeArgs, cfg: &Config) -> Result<bool> {
+    let now = now_epoch();
+    let store = cfg.open_store()?;
+    let k = KeyManager::new(&store, cfg.policy).revoke(
+        &a.key_id,
+        a.reason.as_deref(),
+        &Actor::current_cli_user(),
+        now,
+    )?;
+    print_info(cfg, "revoked", &k, now)?;
+    Ok(true)
+}
+
+pub fn set_disabled(a: KeyArg, disabled: bool, cfg: &Config) -> Result<bool> {
+    let now = now_epoch();
+    let store = cfg.open_store()?;
+    let k = KeyManager::new(&store, cfg.policy).set_disabled(
+        &a.key_id,
+        disabled,
+        &Actor::current_cli_user(),
+        now,
+    )?;
+    print_info(cfg, if disabled { "disabled" } else { "enabled" }, &k, now)?;
+    Ok(true)
+}
+
+pub fn rotate(a: RotateArgs, cfg: &Config) -> Result<bool> {
+    let now = now_epoch();
+    let grace = parse_duration("--grace", &a.grace)?.as_secs_f64();
+    let ttl = if ttl_given(&a.ttl) {
+        Some(ttl_request(&a.ttl)?)
+    } else {
+        None
+    };
+    let store = cfg.open_store()?;
+    let r = KeyManager::new(&store, cfg.policy).rotate(
+        &a.key_id,
+        RotateRequest {
+            grace_secs: grace,
+            scope: a.scope,
+            label: a.label,
+            ttl,
+        },
+        &Actor::current_cli_user(),
+        now,
+    )?;
+    print_issued(
+        cfg,
+        &r.new,
+        Some(("replaced", Value::from(r.old_key_id.as_str()))),
+    )?;
+    if grace > 0.0 {
+        eprintln!(
+            "old key {} keeps working until {}",
+            r.old_key_id,
+            fmt_time(Some(r.old_expires_at))
+        );
+    } else {
+        eprintln!("old key {} revoked", r.old_key_id);
+    }
+    Ok(true)
+}
+
+pub fn bootstrap(a: BootstrapArgs, cfg: &Config) -> Result<bool> {
+    let now = now_epoch();
+    let ttl = ttl_request(&a.ttl)?;
+    let secret = if a.secret_stdin {
+        read_stdin_secret("the bootstrap secret")?
+    } else if let Some(s) = a.secret.as_deref() {
+        eprintln!(
+            "warning: --secret is visible in the process list; prefer --secret-stdin or XAI_BOOTSTRAP_ADMIN_KEY"
+        );
+        PlainToken::from_supplied(s)?
+    } else {
+        match std::env::var("XAI_BOOTSTRAP_ADMIN_KEY") {
+            Ok(s) if !s.trim().is_empty() => PlainToken::from_supplied(&s)?,
+            _ => {
+                bail!("missing_secret: provide --secret-stdin, --secret or XAI_BOOTSTRAP_ADMIN_KEY")
+            }
+        }
+    };
+    let store = cfg.open_store()?;
+    let b = KeyManager::new(&store, cfg.policy).bootstrap_admin(
+        &secret,
+        &a.label,
+        ttl,
+        &Actor::current_cli_user(),
+        now,
+    )?;
+    drop(secret);
+    let r = &b.info.record;
+    if cfg.json {
+        output::json(&json!({
+            "operation": "bootstrap_admin",
+            "key_id": b.info.key_id.as_str(),
+            "label": r.label,
+            "fingerprint": b.info.key_id.fingerprint(),
+            "scope": r.scope.as_str(),
+            "expires_at": r.expires_at,
+            "permanent": r.permanent,
+            "created": b.created,
+            "state": b.info.state.as_str(),
+        }))?;
+    } else {
+        let what = if b.created {
+            "registered admin key"
+        } else {
+            "admin key already registered"
+        };
+        output::line(format!(
+            "{what}: key_id {} (fingerprint {}), {}, expires {}",
+            b.info.key_id,
+            b.info.key_id.fingerprint(),
+            b.info.state,
+            fmt_time(r.expires_at)
+        ))?;
+    }
+    Ok(true)
+}

@@ -1,0 +1,31 @@
+//! Command bodies: each one resolves its arguments, calls one library operation and renders
+//! the result. No store logic lives here (cargo's thin commands over library operations).
+
+use anyhow::Result;
+
+use crate::args::Command;
+use crate::config::Config;
+
+mod backup;
+mod events;
+mod keys;
+mod verify;
+
+/// Runs a parsed command; `Ok(false)` means "completed, but exit 1" (verify failures).
+pub fn run(cmd: Command, cfg: &Config) -> Result<bool> {
+    match cmd {
+        Command::List(a) => keys::list(a, cfg),
+        Command::Issue(a) => keys::issue(a, cfg),
+        Command::Import(a) => keys::import(a, cfg),
+        Command::Revoke(a) => keys::revoke(a, cfg),
+        Command::Disable(a) => keys::set_disabled(a, true, cfg),
+        Command::Enable(a) => keys::set_disabled(a, false, cfg),
+        Command::Rotate(a) => keys::rotate(a, cfg),
+        Command::BootstrapAdmin(a) => keys::bootstrap(a, cfg),
+        Command::Events(a) => events::events(a, cfg),
+        Command::WatchEvents(a) => events::watch(a, cfg),
+        Command::Verify(a) => verify::verify(a, cfg),
+        Command::Backup(a) => backup::backup(a, cfg),
+        Command::Restore(a) => backup::restore(a, cfg),
+    }
+}

@@ -1,0 +1,102 @@
+//! Resolved settings: flags and environment folded into plain values, once, before any command
+//! runs (ripgrep's split of parsing from configuration).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use xai_keys_core::policy::{TtlPolicy, TtlRequest};
+use xai_keys_core::store::{FileStore, FileStoreOptions};
+
+use crate::args::{Cli, OutputFormat, TtlArgs};
+
+/// Everything a command needs besides its own arguments.
+pub struct Config {
+    pub store_path: PathBuf,
+    pub policy: TtlPolicy,
+    pub json: bool,
+}
+
+impl Config {
+    pub fn resolve(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let store_path = match &cli.store {
+            Some(p) => p.clone(),
+            None => env("XAI_API_KEY_STORE")
+                .or_else(|| env("XAI_API_KEY_STORE_PATH"))
+                .filter(|s| !s.trim().is_empty())
+                .map_or_else(|| PathBuf::from("secure_keys/api_keys.json"), PathBuf::from),
+        };
+        let store_path = std::path::absolute(&store_path)
+            .with_context(|| format!("cannot resolve store path {}", store_path.display()))?;
+        let policy = TtlPolicy::from_lookup(env)?;
+        let json = match cli.output {
+            OutputFormat::Json => true,
+            OutputFormat::Table => false,
+            OutputFormat::Auto => !std::io::stdout().is_terminal(),
+        };
+        Ok(Config {
+            store_path,
+            policy,
+            json,
+        })
+    }
+
+    pub fn open_store(&self) -> Result<FileStore> {
+        let opts = FileStoreOptions {
+            default_ttl_secs: self.policy.default_ttl_secs,
+            ..FileStoreOptions::default()
+        };
+        Ok(FileStore::new(&self.store_path, opts)?)
+    }
+}
+
+/// Parses a duration such as `36h`, `90d`, `2w`, `1h 30m`.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration> {
+    humantime::parse_duration(s.trim()).with_context(|| {
+        format!("invalid {what} {s:?}: use a duration such as 30m, 36h, 90d or 2w")
+    })
+}
+
+/// Folds the TTL flags into a request. Zero or negative lifetimes are errors.
+pub fn ttl_request(t: &TtlArgs) -> Result<TtlRequest> {
+    let secs = if let Some(s) = &t.ttl {
+        Some(parse_duration("--ttl", s)?.as_secs_f64())
+    } else if let Some(d) = t.ttl_days {
+        Some(d * 86_400.0)
+    } else {
+        t.ttl_hours.map(|h| h * 3_600.0)
+    };
+    match (secs, t.permanent) {
+        (_, true) => Ok(TtlRequest::Permanent),
+        (Some(s), false) if !s.is_finite() || s <= 0.0 => {
+            bail!("invalid TTL: the lifetime must be positive (got {s} seconds)")
+        }
+        (Some(s), false) => Ok(TtlRequest::Seconds(s)),
+        (None, false) => Ok(TtlRequest::Default),
+    }
+}
+
+/// Whether any TTL flag was given (rotation inherits otherwise).
+pub fn ttl_given(t: &TtlArgs) -> bool {
+    t.ttl.is_some() || t.ttl_days.is_some() || t.ttl_hours.is_some() || t.permanent
+}
+
+/// Parses `--since`: RFC 3339, epoch seconds, or a duration ago.
+pub fn parse_since(s: &str, now: f64) -> Result<f64> {
+    let t = s.trim();
+    if let Ok(v) = t.parse::<f64>()
+        && v.is_finite()
+    {
+        return Ok(v);
+    }
+    if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_millisecond() as f64 / 1000.0);
+    }
+    if let Ok(d) = humantime::parse_duration(t) {
+        return Ok(now - d.as_secs_f64());
+    }
+    bail!(
+        "invalid --since {s:?}: use an RFC 3339 time (2026-01-31T12:00:00Z), epoch seconds, or a duration ago (2h)"
+    )
+}

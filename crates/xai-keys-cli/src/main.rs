@@ -1,0 +1,48 @@
+//! `xai-keys`: the offline key-management CLI (and, later, `serve`).
+//!
+//! Exit codes: 0 success, 1 refused / not found / integrity failure, 2 usage. Errors go to
+//! stderr, as one JSON object with `-o json`.
+
+mod args;
+mod commands;
+mod config;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use xai_keys_core::Error as CoreError;
+
+use crate::args::Cli;
+use crate::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json_errors = cli.output == args::OutputFormat::Json;
+    let env = |k: &str| std::env::var(k).ok();
+    let result = Config::resolve(&cli, &env).and_then(|cfg| commands::run(cli.command, &cfg));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<CoreError>()
+                .map_or("error", CoreError::code);
+            if json_errors {
+                let v = serde_json::json!({ "error": code, "message": format!("{e:#}") });
+                eprintln!("{v}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,850 @@
+//! The audit log: append-only JSON lines with a hash chain, read from the tail.
+//!
+//! Each line keeps the reference's fields in order (`timestamp`, `action`, `key_id`, extras) and
+//! adds `actor`, `store_sha256` (digest of the store after the change the line belongs to),
+//! `prev_hash` and `hash` (SHA-256 over the canonical JSON of the line without `hash`).
+//! Canonical JSON sorts object keys at every level and uses compact separators, so the hash does
+//! not depend on how a reader orders fields. A reference log without chain fields is accepted as
+//! a legacy prefix: the first chained line's `prev_hash` is the SHA-256 of every byte before it
+//! (64 zeros for an empty log), which makes that prefix tamper-evident from then on.
+//!
+//! The log is the store's write-ahead record: see `docs/ARCHITECTURE.md` and `store::file`.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::token::hex;
+
+/// `prev_hash` of the first line of an empty log.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Upper bound on `limit` for event reads (defect H: reads are bounded).
+pub const MAX_EVENT_LIMIT: usize = 10_000;
+
+/// Who performed an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// The offline CLI: OS user and host.
+    Cli { user: String, host: String },
+    /// An HTTP caller: the authenticating key's fingerprint and the remote address.
+    Http {
+        key_fingerprint: String,
+        remote: String,
+    },
+    /// The tool itself (recovery).
+    System,
+}
+
+impl Actor {
+    /// The CLI actor for the current process: `$USER` (else `uid:N`) at the host name.
+    pub fn current_cli_user() -> Self {
+        let uid = rustix::process::geteuid().as_raw();
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .ok()
+            .filter(|u| !u.is_empty() && u.chars().all(|c| c.is_ascii_graphic()))
+            .or_else(|| passwd_name(uid))
+            .unwrap_or_else(|| format!("uid:{uid}"));
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        Actor::Cli { user, host }
+    }
+}
+
+/// The user name of `uid` from `/etc/passwd`, if listed there.
+fn passwd_name(uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let uid_field = f.nth(1)?;
+        (uid_field.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Cli { user, host } => write!(f, "cli:{user}@{host}"),
+            Actor::Http {
+                key_fingerprint,
+                remote,
+            } => write!(f, "http:{key_fingerprint}@{remote}"),
+            Actor::System => f.write_str("system:xai-keys"),
+        }
+    }
+}
+
+/// An audit line before it is chained: action, key id and ordered extra fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditDraft {
+    pub action: &'static str,
+    pub key_id: Option<String>,
+    pub fields: Vec<(&'static str, Value)>,
+}
+
+impl AuditDraft {
+    pub fn new(action: &'static str, key_id: Option<&str>) -> Self {
+        AuditDraft {
+            action,
+            key_id: key_id.map(str::to_string),
+            fields: Vec::new(),
+        }
+    }
+    pub fn with(mut self, name: &'static str, value: impl Into<Value>) -> Self {
+        self.fields.push((name, value.into()));
+        self
+    }
+}
+
+/// A parsed audit line.
+pub type AuditEvent = Map<String, Value>;
+
+/// Writes `v` as canonical JSON: keys sorted at every level, compact separators.
+pub fn canonical_json(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                if let Some(x) = m.get(k) {
+                    canonical_json(x, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The chain hash of a line: SHA-256 of its canonical JSON without the `hash` field.
+pub fn line_hash(obj: &AuditEvent) -> String {
+    let mut without = obj.clone();
+    without.shift_remove("hash");
+    let mut s = String::new();
+    canonical_json(&Value::Object(without), &mut s);
+    hex(&Sha256::digest(s.as_bytes()))
+}
+
+/// Builds one chained line (without the trailing newline) and returns it with its hash.
+pub fn build_line(
+    timestamp: f64,
+    draft: &AuditDraft,
+    actor: &Actor,
+    store_sha256: &str,
+    prev_hash: &str,
+) -> (String, String) {
+    let mut m = Map::new();
+    m.insert("timestamp".into(), Value::from(timestamp));
+    m.insert("action".into(), Value::from(draft.action));
+    m.insert(
+        "key_id".into(),
+        draft.key_id.clone().map_or(Value::Null, Value::from),
+    );
+    for (k, v) in &draft.fields {
+        m.insert((*k).to_string(), v.clone());
+    }
+    m.insert("actor".into(), Value::from(actor.to_string()));
+    m.insert("store_sha256".into(), Value::from(store_sha256));
+    m.insert("prev_hash".into(), Value::from(prev_hash));
+    let h = line_hash(&m);
+    m.insert("hash".into(), Value::from(h.clone()));
+    (Value::Object(m).to_string(), h)
+}
+
+/// Whether a parsed line carries chain fields.
+pub fn is_chained(obj: &AuditEvent) -> bool {
+    obj.contains_key("hash") || obj.contains_key("prev_hash")
+}
+
+/// What the tail of the log says, for the next append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHead {
+    /// Bytes in the log up to and including the last complete line.
+    pub complete_len: u64,
+    /// Bytes after the last newline (an interrupted append).
+    pub torn_bytes: u64,
+    /// `prev_hash` for the next line.
+    pub next_prev_hash: String,
+    /// `store_sha256` recorded by the last complete line, if it is chained.
+    pub store_sha256: Option<String>,
+}
+
+/// Reads the log's tail to find where the chain stands. Reads only the last line unless the log
+/// is unchained there (then the legacy prefix is hashed once, on the first chained append).
+pub fn read_head(path: &Path) -> Result<LogHead> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(LogHead {
+                complete_len: 0,
+                torn_bytes: 0,
+                next_prev_hash: GENESIS.into(),
+                store_sha256: None,
+            });
+        }
+        Err(e) => return Err(Error::io("open audit log", path, e)),
+    };
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("stat audit log", path, e))?
+        .len();
+    let mut lines =
+        TailLines::new(&mut f, len).map_err(|e| Error::io("read audit log", path, e))?;
+    let complete_len = lines.complete_len();
+    let torn_bytes = len - complete_len;
+    let last = lines
+        .next_line()
+        .map_err(|e| Error::io("read audit log", path, e))?;
+    let Some((line_no_from_end, bytes)) = last else {
+        return Ok(LogHead {
+            complete_len,
+            torn_bytes,
+            next_prev_hash: if complete_len == 0 {
+                GENESIS.into()
+            } else {
+                hash_prefix(path, complete_len)?
+            },
+            store_sha256: None,
+        });
+    };
+    let _ = line_no_from_end;
+    let parsed: Option<AuditEvent> = serde_json::from_slice(&bytes).ok();
+    match parsed {
+        Some(obj) if is_chained(&obj) => {
+            let hash = obj.get("hash").and_then(Value::as_str).map(str::to_string);
+            let Some(hash) = hash else {
+                return Err(Error::CorruptLog {
+                    path: path.to_path_buf(),
+                    line: 0,
+                    problem: "the last line has prev_hash but no hash".into(),
+                });
+            };
+            Ok(LogHead {
+                complete_len,
+                torn_bytes,
+                next_prev_hash: hash,
+                store_sha256: obj
+                    .get("store_sha256")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            })
+        }
+        // Legacy (or blank/unparseable) last line: the chain starts after everything so far.
+        _ => Ok(LogHead {
+            complete_len,
+            torn_bytes,
+            next_prev_hash: hash_prefix(path, complete_len)?,
+            store_sha256: None,
+        }),
+    }
+}
+
+fn hash_prefix(path: &Path, len: u64) -> Result<String> {
+    let f = File::open(path).map_err(|e| Error::io("open audit log", path, e))?;
+    let mut h = Sha256::new();
+    let mut r = BufReader::with_capacity(1 << 16, f.take(len));
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = r
+            .read(&mut buf)
+            .map_err(|e| Error::io("read audit log", path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Reads complete lines backwards from the end of a file, in 64 KiB blocks.
+pub struct TailLines<'a> {
+    f: &'a mut File,
+    /// File bytes `[0, pos)` are not yet read.
+    pos: u64,
+    /// Bytes read but not yet returned, ending at `pos + buf.len()`.
+    buf: Vec<u8>,
+    complete_len: u64,
+}
+
+impl<'a> TailLines<'a> {
+    /// Starts at `len`; anything after the last newline (a torn append) is skipped.
+    pub fn new(f: &'a mut File, len: u64) -> std::io::Result<Self> {
+        let mut t = TailLines {
+            f,
+            pos: len,
+            buf: Vec::new(),
+            complete_len: len,
+        };
+        // Find the last newline; bytes after it are a torn, uncommitted fragment.
+        loop {
+            if let Some(i) = t.buf.iter().rposition(|&b| b == b'\n') {
+                t.complete_len = t.pos + i as u64 + 1;
+                t.buf.truncate(i + 1);
+                break;
+            }
+            if t.pos == 0 {
+                t.complete_len = 0;
+                t.buf.clear();
+                break;
+            }
+            t.fill()?;
+        }
+        Ok(t)
+    }
+
+    pub fn complete_len(&self) -> u64 {
+        self.complete_len
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let step = 1u64 << 16;
+        let start = self.pos.saturating_sub(step);
+        let n = usize::try_from(self.pos - start).unwrap_or(0);
+        let mut chunk = vec![0u8; n];
+        self.f.seek(SeekFrom::Start(start))?;
+        self.f.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&self.buf);
+        self.buf = chunk;
+        self.pos = start;
+        Ok(())
+    }
+
+    /// The previous complete line (without its newline) and its byte offset, or `None` at the
+    /// start of the file.
+    pub fn next_line(&mut self) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+        // buf always ends with '\n' (or is empty).
+        loop {
+            if self.buf.is_empty() {
+                if self.pos == 0 {
+                    return Ok(None);
+                }
+                self.fill()?;
+                continue;
+            }
+            let end = self.buf.len() - 1; // index of the trailing '\n'
+            match self.buf[..end].iter().rposition(|&b| b == b'\n') {
+                Some(i) => {
+                    let line = self.buf[i + 1..end].to_vec();
+                    let off = self.pos + i as u64 + 1;
+                    self.buf.truncate(i + 1);
+                    return Ok(Some((off, line)));
+                }
+                None if self.pos == 0 => {
+                    let line = self.buf[..end].to_vec();
+                    self.buf.clear();
+                    return Ok(Some((0, line)));
+                }
+                None => self.fill()?,
+            }
+        }
+    }
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// How many (most recent) matching events; 1..=[`MAX_EVENT_LIMIT`].
+    pub limit: usize,
+    pub action: Option<String>,
+    /// Full key id or a prefix of one.
+    pub key_id: Option<String>,
+    /// Only events at or after this epoch time.
+    pub since: Option<f64>,
+}
+
+/// The result of a tail read: events oldest first, and the log length they were read from.
+#[derive(Debug, Clone, Default)]
+pub struct EventPage {
+    pub events: Vec<AuditEvent>,
+    /// Length of the complete part of the log when it was read: follow from here.
+    pub end_offset: u64,
+    /// Identity of the file read (device, inode), to detect replacement when following.
+    pub file_id: Option<(u64, u64)>,
+}
+
+/// Reads the most recent matching events without reading the whole log.
+pub fn read_events(path: &Path, q: &EventQuery) -> Result<EventPage> {
+    if q.limit == 0 || q.limit > MAX_EVENT_LIMIT {
+        return Err(Error::InvalidInput(format!(
+            "limit must be between 1 and {MAX_EVENT_LIMIT}, got {}",
+            q.limit
+        )));
+    }
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(EventPage::default()),
+        Err(e) => return Err(Error::io("open audit log", path, e)),
+    };
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io("stat audit log", path, e))?;
+    let file_id = {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    };
+    let mut tail =
+        TailLines::new(&mut f, meta.len()).map_err(|e| Error::io("read audit log", path, e))?;
+    let end_offset = tail.complete_len();
+    let mut out = Vec::new();
+    while out.len() < q.limit {
+        let Some((_, bytes)) = tail
+            .next_line()
+            .map_err(|e| Error::io("read audit log", path, e))?
+        else {
+            break;
+        };
+        // Blank and unparseable lines are skipped, as the reference does; `verify` reports them.
+        let Ok(obj) = serde_json::from_slice::<AuditEvent>(&bytes) else {
+            continue;
+        };
+        let ts = obj.get("timestamp").and_then(Value::as_f64);
+        if let (Some(since), Some(ts)) = (q.since, ts)
+            && ts < since
+        {
+            break; // the log is chronological: nothing older can match
+        }
+        if matches(&obj, q) {
+            out.push(obj);
+        }
+    }
+    out.reverse();
+    Ok(EventPage {
+        events: out,
+        end_offset,
+        file_id,
+    })
+}
+
+/// Whether an event matches a query's filters (not its limit).
+pub fn matches(obj: &AuditEvent, q: &EventQuery) -> bool {
+    if let Some(a) = &q.action
+        && obj.get("action").and_then(Value::as_str) != Some(a.as_str())
+    {
+        return false;
+    }
+    if let Some(k) = &q.key_id {
+        let hit = ["key_id", "replaced"].iter().any(|f| {
+            obj.get(*f)
+                .and_then(Value::as_str)
+                .is_some_and(|v| v.starts_with(k.as_str()))
+        });
+        if !hit {
+            return false;
+        }
+    }
+    if let Some(since) = q.since
+        && obj
+            .get("timestamp")
+            .and_then(Value::as_f64)
+            .is_some_and(|t| t < since)
+    {
+        return false;
+    }
+    true
+}
+
+/// Follows the log from a byte offset: new complete lines, surviving truncation and replacement.
+///
+/// Start it from [`EventPage::end_offset`] and [`EventPage::file_id`] of a tail read and no line
+/// appended between the read and the first poll is lost.
+#[derive(Debug)]
+pub struct LogFollower {
+    path: std::path::PathBuf,
+    offset: u64,
+    file_id: Option<(u64, u64)>,
+}
+
+/// What one poll found.
+#[derive(Debug, Default)]
+pub struct FollowBatch {
+    pub events: Vec<AuditEvent>,
+    /// Lines that were not valid JSON (skipped), with their byte offsets.
+    pub skipped: Vec<u64>,
+    /// Set when the log was truncated or replaced and reading restarted from its beginning.
+    pub reset: Option<String>,
+}
+
+impl LogFollower {
+    pub fn new(path: &Path, offset: u64, file_id: Option<(u64, u64)>) -> Self {
+        LogFollower {
+            path: path.to_path_buf(),
+            offset,
+            file_id,
+        }
+    }
+
+    /// The byte offset up to which lines have been returned.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Returns complete lines appended since the last poll.
+    pub fn poll(&mut self) -> Result<FollowBatch> {
+        use std::os::unix::fs::MetadataExt;
+        let mut batch = FollowBatch::default();
+        let mut f = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(batch),
+            Err(e) => return Err(Error::io("open audit log", &self.path, e)),
+        };
+        let meta = f
+            .metadata()
+            .map_err(|e| Error::io("stat audit log", &self.path, e))?;
+        let id = (meta.dev(), meta.ino());
+        if self.file_id.is_some_and(|old| old != id) {
+            batch.reset = Some(format!(
+                "{} was replaced; reading the new file from its start",
+                self.path.display()
+            ));
+            self.offset = 0;
+        } else if meta.len() < self.offset {
+            batch.reset = Some(format!(
+                "{} was truncated; reading from its start",
+                self.path.display()
+            ));
+            self.offset = 0;
+        }
+        self.file_id = Some(id);
+        if meta.len() == self.offset {
+            return Ok(batch);
+        }
+        f.seek(SeekFrom::Start(self.offset))
+            .map_err(|e| Error::io("seek audit log", &self.path, e))?;
+        let mut buf = Vec::new();
+        f.take(meta.len() - self.offset)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io("read audit log", &self.path, e))?;
+        let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') else {
+            return Ok(batch);
+        };
+        let mut pos = self.offset;
+        for line in buf[..last_nl].split(|&b| b == b'\n') {
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                match serde_json::from_slice::<AuditEvent>(line) {
+                    Ok(obj) => batch.events.push(obj),
+                    Err(_) => batch.skipped.push(pos),
+                }
+            }
+            pos += line.len() as u64 + 1;
+        }
+        self.offset += last_nl as u64 + 1;
+        Ok(batch)
+    }
+}
+
+/// Result of checking the whole chain.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChainReport {
+    pub lines: usize,
+    pub legacy_lines: usize,
+    pub chained_lines: usize,
+    /// First integrity failure: 1-based line number and problem.
+    pub first_error: Option<(usize, String)>,
+    /// Bytes after the last newline (an interrupted append; removed by the next change).
+    pub torn_bytes: u64,
+    /// `store_sha256` of the last chained line.
+    pub last_store_sha256: Option<String>,
+    pub last_hash: Option<String>,
+}
+
+/// Streams the whole log and checks every line and link of the chain.
+pub fn verify_chain(path: &Path) -> Result<ChainReport> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ChainReport::default()),
+        Err(e) => return Err(Error::io("open audit log", path, e)),
+    };
+    let mut r = BufReader::with_capacity(1 << 16, f);
+    let mut rep = ChainReport::default();
+    let mut prefix = Sha256::new();
+    let mut prefix_len = 0u64;
+    let mut prev: Option<String> = None; // Some once the chain has started
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = r
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io("read audit log", path, e))?;
+        if n == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') {
+            rep.torn_bytes = n as u64;
+            break;
+        }
+        rep.lines += 1;
+        let no = rep.lines;
+        let body = &line[..line.len() - 1];
+        let parsed: Option<AuditEvent> = serde_json::from_slice(body).ok();
+        let fail = |rep: &mut ChainReport, why: String| {
+            if rep.first_error.is_none() {
+                rep.first_error = Some((no, why));
+            }
+        };
+        match (parsed, &prev) {
+            (Some(obj), _) if is_chained(&obj) => {
+                rep.chained_lines += 1;
+                let expected_prev = match &prev {
+                    Some(p) => p.clone(),
+                    None if prefix_len == 0 => GENESIS.to_string(),
+                    None => hex(&prefix.clone().finalize()),
+                };
+                let got_prev = obj.get("prev_hash").and_then(Value::as_str).unwrap_or("");
+                let got_hash = obj
+                    .get("hash")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                if got_prev != expected_prev {
+                    fail(&mut rep, "prev_hash does not link to the previous line (a line was deleted, inserted or reordered)".into());
+                }
+                if line_hash(&obj) != got_hash {
+                    fail(
+                        &mut rep,
+                        "hash does not match the line's content (the line was edited)".into(),
+                    );
+                }
+                rep.last_store_sha256 = obj
+                    .get("store_sha256")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                rep.last_hash = Some(got_hash.clone());
+                prev = Some(got_hash);
+            }
+            (parsed, None) => {
+                // Legacy prefix: accepted as is, hashed into the first chained prev_hash.
+                rep.legacy_lines += 1;
+                if parsed.is_none() && !body.iter().all(u8::is_ascii_whitespace) {
+                    fail(&mut rep, "line is not valid JSON".into());
+                }
+                prefix.update(&line);
+                prefix_len += line.len() as u64;
+            }
+            (_, Some(_)) => {
+                fail(
+                    &mut rep,
+                    "line without chain fields after the chain started (inserted or edited)".into(),
+                );
+            }
+        }
+    }
+    Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(path: &Path, s: &str) {
+        std::fs::write(path, s).unwrap();
+    }
+
+    fn chained(n: usize, legacy: &str) -> String {
+        let mut s = legacy.to_string();
+        let mut prev = if legacy.is_empty() {
+            GENESIS.to_string()
+        } else {
+            hex(&Sha256::digest(legacy.as_bytes()))
+        };
+        for i in 0..n {
+            let d = AuditDraft::new("issue", Some(&format!("{i:064x}"))).with("label", "x");
+            let (line, h) = build_line(i as f64 + 0.5, &d, &Actor::System, "s", &prev);
+            s.push_str(&line);
+            s.push('\n');
+            prev = h;
+        }
+        s
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_recursively() {
+        let v: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"d":[{"z":1,"y":2}],"c":null}}"#).unwrap();
+        let mut s = String::new();
+        canonical_json(&v, &mut s);
+        assert_eq!(s, r#"{"a":{"c":null,"d":[{"y":2,"z":1}]},"b":1}"#);
+    }
+
+    #[test]
+    fn intact_chain_with_legacy_prefix_verifies_and_head_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let legacy = "{\"timestamp\": 1.0, \"action\": \"issue\", \"key_id\": \"k\"}\n";
+        write(&p, &chained(5, legacy));
+        let rep = verify_chain(&p).unwrap();
+        assert_eq!(
+            (rep.legacy_lines, rep.chained_lines, rep.first_error.clone()),
+            (1, 5, None)
+        );
+        assert_eq!(
+            read_head(&p).unwrap().next_prev_hash,
+            rep.last_hash.unwrap()
+        );
+        // Legacy-only log: head is the prefix hash.
+        write(&p, legacy);
+        assert_eq!(
+            read_head(&p).unwrap().next_prev_hash,
+            hex(&Sha256::digest(legacy.as_bytes()))
+        );
+    }
+
+    #[test]
+    fn edits_deletions_reorders_and_legacy_edits_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let legacy = "{\"timestamp\": 1.0, \"action\": \"issue\", \"key_id\": \"k\"}\n";
+        let good = chained(4, legacy);
+        let lines: Vec<&str> = good.lines().collect();
+        // edit
+        write(&p, &good.replacen("\"label\":\"x\"", "\"label\":\"y\"", 1));
+        assert_eq!(verify_chain(&p).unwrap().first_error.unwrap().0, 2);
+        // delete line 3
+        let mut del = lines.clone();
+        del.remove(2);
+        write(&p, &(del.join("\n") + "\n"));
+        assert_eq!(verify_chain(&p).unwrap().first_error.unwrap().0, 3);
+        // reorder
+        let mut re = lines.clone();
+        re.swap(2, 3);
+        write(&p, &(re.join("\n") + "\n"));
+        assert!(verify_chain(&p).unwrap().first_error.is_some());
+        // edit the legacy prefix
+        write(&p, &good.replacen("\"k\"", "\"j\"", 1));
+        assert_eq!(verify_chain(&p).unwrap().first_error.unwrap().0, 2);
+        // legacy line appended after the chain
+        write(&p, &(good.clone() + legacy));
+        assert_eq!(verify_chain(&p).unwrap().first_error.unwrap().0, 6);
+    }
+
+    #[test]
+    fn torn_tail_is_reported_not_fatal_and_tail_reads_skip_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let mut s = chained(3, "");
+        s.push_str("{\"timest");
+        write(&p, &s);
+        let rep = verify_chain(&p).unwrap();
+        assert_eq!((rep.first_error, rep.torn_bytes), (None, 8));
+        let head = read_head(&p).unwrap();
+        assert_eq!(head.torn_bytes, 8);
+        let page = read_events(
+            &p,
+            &EventQuery {
+                limit: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(page.events.len(), 2);
+        assert_eq!(page.events[1]["timestamp"], 2.5);
+        assert_eq!(page.end_offset, (s.len() - 8) as u64);
+    }
+
+    #[test]
+    fn follower_sees_appends_once_and_survives_truncation_and_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        write(&p, "{\"a\":1}\n");
+        let page = read_events(
+            &p,
+            &EventQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut f = LogFollower::new(&p, page.end_offset, page.file_id);
+        assert!(f.poll().unwrap().events.is_empty());
+        let mut h = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        h.write_all(b"{\"a\":2}\n{\"a\":").unwrap();
+        assert_eq!(f.poll().unwrap().events.len(), 1);
+        h.write_all(b"3}\n").unwrap();
+        let b = f.poll().unwrap();
+        assert_eq!(b.events[0]["a"], 3);
+        write(&p, "{\"a\":9}\n"); // truncated (shorter) in place
+        let b = f.poll().unwrap();
+        assert!(b.reset.is_some());
+        assert_eq!(b.events[0]["a"], 9);
+        let q = dir.path().join("new");
+        write(&q, "{\"a\":10}\n{\"a\":11}\n");
+        std::fs::rename(&q, &p).unwrap();
+        let b = f.poll().unwrap();
+        assert!(b.reset.is_some());
+        assert_eq!(b.events.len(), 2);
+    }
+
+    #[test]
+    fn tail_reads_cross_block_boundaries_and_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let mut f = File::create(&p).unwrap();
+        for i in 0..5000 {
+            let action = if i % 2 == 0 { "issue" } else { "revoke" };
+            writeln!(
+                f,
+                "{{\"timestamp\": {i}, \"action\": \"{action}\", \"key_id\": \"{i:064x}\"}}"
+            )
+            .unwrap();
+        }
+        let q = EventQuery {
+            limit: 3,
+            action: Some("revoke".into()),
+            ..Default::default()
+        };
+        let got: Vec<f64> = read_events(&p, &q)
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e["timestamp"].as_f64().unwrap())
+            .collect();
+        assert_eq!(got, vec![4995.0, 4997.0, 4999.0]);
+        let q = EventQuery {
+            limit: 100,
+            since: Some(4990.0),
+            ..Default::default()
+        };
+        assert_eq!(read_events(&p, &q).unwrap().events.len(), 10);
+        let q = EventQuery {
+            limit: 10,
+            key_id: Some(format!("{:064x}", 7)[..60].to_string()),
+            ..Default::default()
+        };
+        assert!(!read_events(&p, &q).unwrap().events.is_empty());
+        assert!(
+            read_events(
+                &p,
+                &EventQuery {
+                    limit: 0,
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
+    }
+}

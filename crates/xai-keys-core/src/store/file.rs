@@ -1,0 +1,778 @@
+//! The local JSON file backend: `<store>`, `<store>.log`, `<store>.lock`, `<store>.pending`.
+//!
+//! Commit protocol (documented in `docs/ARCHITECTURE.md`), all under an exclusive `flock` on
+//! `<store>.lock` plus an in-process mutex:
+//!
+//! 1. Recover: drop a torn final log line (an append that never completed), and if the store's
+//!    SHA-256 differs from the `store_sha256` of the last log line, roll forward from
+//!    `<store>.pending` when its digest matches, else refuse (`StoreMismatch`).
+//! 2. Re-read the store (or reuse the cached parse when its inode, size, mtime and ctime are
+//!    unchanged), apply the change, render the new file.
+//! 3. Write `<store>.pending` (0600) and fsync it.
+//! 4. Append the audit lines (each carrying the new store's SHA-256) and fsync the log. This is
+//!    the commit point.
+//! 5. Rename `<store>.pending` over `<store>`, fsync the directory. Report success.
+//!
+//! A crash before 4 leaves the old store and log (the pending file is discarded by the next
+//! writer); a crash after 4 leaves a log that is one transaction ahead, completed by the next
+//! writer, `verify` or reader. Either way no acknowledged change is lost and nothing unaudited
+//! reaches the store.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::fsutil::{self, check_all};
+use super::{
+    BackupManifest, Change, Check, CommitInfo, KeyStore, RestoreReport, Snapshot, VerifyOptions,
+    VerifyReport,
+};
+use crate::audit::{self, Actor, AuditDraft, AuditEvent, EventPage, EventQuery};
+use crate::error::{Error, Result};
+use crate::record::{self, KeyMap, LoadContext};
+use crate::token::sha256_hex;
+
+/// Whether commits fsync. Only benchmarks measuring "excluding fsync" turn it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the pending file, the log and the directory (the default; always in production).
+    Full,
+    /// Skip fsync. Loses the crash guarantees; for benchmarks only.
+    UnsafeNoSync,
+}
+
+/// Options of a [`FileStore`].
+#[derive(Debug, Clone, Copy)]
+pub struct FileStoreOptions {
+    pub durability: Durability,
+    /// How long a writer waits for another process's lock.
+    pub lock_timeout: Duration,
+    /// Default TTL, used to hydrate legacy records that lack `expires_at`.
+    pub default_ttl_secs: f64,
+}
+
+impl Default for FileStoreOptions {
+    fn default() -> Self {
+        FileStoreOptions {
+            durability: Durability::Full,
+            lock_timeout: Duration::from_secs(30),
+            default_ttl_secs: crate::policy::TtlPolicy::default().default_ttl_secs,
+        }
+    }
+}
+
+/// Identity of a file version: a rename-based write always changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(m: &fs::Metadata) -> Self {
+        FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Cached {
+    stamp: FileStamp,
+    digest: String,
+    keys: KeyMap,
+}
+
+/// The current store contents as read under the lock.
+struct Current {
+    keys: KeyMap,
+    /// SHA-256 of the file bytes; `None` when the file does not exist.
+    digest: Option<String>,
+    stamp: Option<FileStamp>,
+}
+
+/// Computes a restore's replacement map and audit lines from the live log bytes.
+pub(crate) type ReplacementPlan<'a> = dyn FnMut(&[u8]) -> Result<(KeyMap, Vec<AuditDraft>)> + 'a;
+
+/// The outcome of recovery (step 1).
+struct Recovered {
+    head: audit::LogHead,
+    /// The live store, when the commit builds on it.
+    current: Option<Current>,
+    /// Audit lines describing what recovery did.
+    drafts: Vec<AuditDraft>,
+    /// Messages for the operator.
+    notes: Vec<String>,
+}
+
+/// What the base of a commit is.
+enum Base {
+    /// The live store, checked against the log.
+    Live,
+    /// The live store, accepted as the audited state even if it differs (`verify --adopt`).
+    Adopt,
+    /// A replacement map; the live store is not read (restore).
+    Replace(KeyMap),
+}
+
+/// A JSON-file key store. Cheap to share across threads.
+#[derive(Debug)]
+pub struct FileStore {
+    store: PathBuf,
+    log: PathBuf,
+    lock: PathBuf,
+    pending: PathBuf,
+    dir: PathBuf,
+    opts: FileStoreOptions,
+    /// In-process serialisation of writers, and the last parse of the store.
+    cache: Mutex<Option<Cached>>,
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+impl FileStore {
+    /// Opens (does not create) a store at `path`; relative paths are made absolute.
+    pub fn new(path: impl AsRef<Path>, opts: FileStoreOptions) -> Result<Self> {
+        let path = path.as_ref();
+        if path.as_os_str().is_empty() {
+            return Err(Error::InvalidInput("the store path is empty".into()));
+        }
+        let store =
+            std::path::absolute(path).map_err(|e| Error::io("resolve store path", path, e))?;
+        if store.file_name().is_none() {
+            return Err(Error::InvalidInput(format!(
+                "store path {} must name a file",
+                store.display()
+            )));
+        }
+        let dir = store
+            .parent()
+            .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+        Ok(FileStore {
+            log: sibling(&store, ".log"),
+            lock: sibling(&store, ".lock"),
+            pending: sibling(&store, ".pending"),
+            store,
+            dir,
+            opts,
+            cache: Mutex::new(None),
+        })
+    }
+
+    pub fn store_path(&self) -> &Path {
+        &self.store
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    fn ctx(&self, now: f64) -> LoadContext {
+        LoadContext {
+            now,
+            default_ttl_secs: self.opts.default_ttl_secs,
+        }
+    }
+
+    fn sync(&self) -> bool {
+        self.opts.durability == Durability::Full
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Option<Cached>> {
+        // A poisoned cache is only a cache: start over from disk.
+        match self.cache.lock() {
+            Ok(g) => g,
+            Err(p) => {
+                let mut g = p.into_inner();
+                *g = None;
+                g
+            }
+        }
+    }
+
+    /// Takes the cross-process lock, waiting up to the configured timeout.
+    fn lock_file(&self) -> Result<File> {
+        fsutil::ensure_dir(&self.dir)?;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode_owner_only()
+            .open(&self.lock)
+            .map_err(|e| Error::io("open lock file", &self.lock, e))?;
+        let deadline = Instant::now() + self.opts.lock_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match f.try_lock() {
+                Ok(()) => return Ok(f),
+                Err(fs::TryLockError::WouldBlock) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::LockTimeout {
+                            path: self.lock.clone(),
+                            seconds: self.opts.lock_timeout.as_secs(),
+                        });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("lock", &self.lock, e));
+                }
+            }
+        }
+    }
+
+    /// Reads the store, reusing the cached parse when the file is unchanged.
+    fn read_current(&self, cache: &mut Option<Cached>, now: f64) -> Result<Current> {
+        let meta = match fs::metadata(&self.store) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                *cache = None;
+                return Ok(Current {
+                    keys: KeyMap::new(),
+                    digest: None,
+                    stamp: None,
+                });
+            }
+            Err(e) => return Err(Error::io("stat store", &self.store, e)),
+        };
+        let stamp = FileStamp::of(&meta);
+        if let Some(c) = cache.take()
+            && c.stamp == stamp
+        {
+            return Ok(Current {
+                keys: c.keys,
+                digest: Some(c.digest),
+                stamp: Some(stamp),
+            });
+        }
+        let bytes = fs::read(&self.store).map_err(|e| Error::io("read store", &self.store, e))?;
+        let keys = record::parse_store(&bytes, &self.store, self.ctx(now))?;
+        Ok(Current {
+            keys,
+            digest: Some(sha256_hex(&bytes)),
+            stamp: Some(stamp),
+        })
+    }
+
+    /// Step 1 of the protocol, under the lock. Returns the live state and recovery notes.
+    fn recover(
+        &self,
+        cache: &mut Option<Cached>,
+        now: f64,
+        base_is_live: bool,
+        adopt: bool,
+    ) -> Result<Recovered> {
+        let mut notes = Vec::new();
+        let mut drafts = Vec::new();
+        let mut head = audit::read_head(&self.log)?;
+        if head.torn_bytes > 0 {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&self.log)
+                .map_err(|e| Error::io("open audit log", &self.log, e))?;
+            f.set_len(head.complete_len)
+                .map_err(|e| Error::io("truncate torn line", &self.log, e))?;
+            if self.sync() {
+                f.sync_all()
+                    .map_err(|e| Error::io("fsync audit log", &self.log, e))?;
+            }
+            notes.push(format!(
+                "removed an interrupted, uncommitted append ({} bytes) from the end of {}",
+                head.torn_bytes,
+                self.log.display()
+            ));
+            drafts.push(
+                AuditDraft::new("recover", None)
+                    .with("detail", "removed torn final line")
+                    .with("bytes", head.torn_bytes),
+            );
+            head.torn_bytes = 0;
+        }
+        let expected = head.store_sha256.clone();
+        let digest_of_store = || -> Result<Option<String>> {
+            Ok(fsutil::read_optional(&self.store)?.map(|b| sha256_hex(&b)))
+        };
+        let pending_matches = |want: &str| -> Result<bool> {
+            Ok(fsutil::read_optional(&self.pending)?.is_some_and(|b| sha256_hex(&b) == want))
+        };
+        if let Some(want) = &expected {
+            // Cheap path first: the cached digest if the file is unchanged.
+            let current_digest = match cache.as_ref() {
+                Some(c)
+                    if fs::metadata(&self.store).ok().map(|m| FileStamp::of(&m))
+                        == Some(c.stamp) =>
+                {
+                    Some(c.digest.clone())
+                }
+                _ => digest_of_store()?,
+            };
+            if current_digest.as_deref() != Some(want.as_str()) {
+                if pending_matches(want)? {
+                    fs::rename(&self.pending, &self.store)
+                        .map_err(|e| Error::io("roll forward pending store", &self.pending, e))?;
+                    if self.sync() {
+                        fsutil::sync_dir(&self.dir)?;
+                    }
+                    *cache = None;
+                    notes.push(format!(
+                        "completed an interrupted change: the audit log recorded it, {} now matches",
+                        self.store.display()
+                    ));
+                } else if !adopt && base_is_live {
+                    *cache = None;
+                    return Err(Error::StoreMismatch {
+                        store: self.store.clone(),
+                        detail: format!(
+                            "expected store_sha256 {}, found {}",
+                            &want[..12.min(want.len())],
+                            current_digest
+                                .as_deref()
+                                .map_or("no file", |d| &d[..12.min(d.len())])
+                        ),
+                    });
+                }
+            }
+        }
+        // Anything left in .pending was never committed.
+        if self.pending.exists() {
+            fs::remove_file(&self.pending)
+                .map_err(|e| Error::io("remove stale pending file", &self.pending, e))?;
+        }
+        let current = if base_is_live {
+            Some(self.read_current(cache, now)?)
+        } else {
+            None
+        };
+        Ok(Recovered {
+            head,
+            current,
+            drafts,
+            notes,
+        })
+    }
+
+    fn commit_with(
+        &self,
+        actor: &Actor,
+        now: f64,
+        base: Base,
+        change: &mut Change<'_>,
+    ) -> Result<CommitInfo> {
+        let mut cache = self.cache();
+        let _lock = self.lock_file()?;
+        self.commit_locked(&mut cache, actor, now, base, change)
+    }
+
+    /// Steps 1–5; the caller holds the in-process mutex (`cache`) and the file lock.
+    fn commit_locked(
+        &self,
+        cache: &mut Option<Cached>,
+        actor: &Actor,
+        now: f64,
+        base: Base,
+        change: &mut Change<'_>,
+    ) -> Result<CommitInfo> {
+        let mut warnings = Vec::new();
+        check_all(&[&self.dir, &self.store, &self.log], &mut warnings)?;
+        let base_is_live = !matches!(base, Base::Replace(_));
+        let Recovered {
+            head,
+            current,
+            mut drafts,
+            notes,
+        } = self.recover(cache, now, base_is_live, matches!(base, Base::Adopt))?;
+        warnings.extend(notes);
+        let mut keys = match (base, current) {
+            (Base::Replace(m), _) => m,
+            (_, Some(c)) => c.keys,
+            (_, None) => KeyMap::new(),
+        };
+        // The cache was taken by read_current; it is rebuilt only after a successful write.
+        let change_drafts = change(&mut keys)?;
+        if change_drafts.is_empty() && drafts.is_empty() {
+            return Ok(CommitInfo {
+                lines: Vec::new(),
+                store_sha256: String::new(),
+                warnings,
+            });
+        }
+        drafts.extend(change_drafts);
+        let bytes = record::render_store(&keys);
+        let digest = sha256_hex(&bytes);
+
+        // 3. pending file
+        if let Err(e) = fsutil::write_new(&self.pending, &bytes, self.sync()) {
+            let _ = fs::remove_file(&self.pending);
+            return Err(e);
+        }
+        // 4. audit lines: the commit point
+        let mut text = String::new();
+        let mut prev = head.next_prev_hash.clone();
+        let mut lines = Vec::with_capacity(drafts.len());
+        for d in &drafts {
+            let (line, h) = audit::build_line(now, d, actor, &digest, &prev);
+            text.push_str(&line);
+            text.push('\n');
+            prev = h;
+            if let Ok(obj) = serde_json::from_str::<AuditEvent>(&line) {
+                lines.push(obj);
+            }
+        }
+        let log_existed = head.complete_len > 0 || self.log.exists();
+        if let Err(e) = self.append_log(text.as_bytes(), head.complete_len) {
+            let _ = fs::remove_file(&self.pending);
+            return Err(e);
+        }
+        if !log_existed && self.sync() {
+            fsutil::sync_dir(&self.dir)?;
+        }
+        // 5. publish
+        fs::rename(&self.pending, &self.store)
+            .map_err(|e| Error::io("rename pending store into place", &self.store, e))?;
+        if self.sync() {
+            fsutil::sync_dir(&self.dir)?;
+        }
+        if let Ok(m) = fs::metadata(&self.store) {
+            *cache = Some(Cached {
+                stamp: FileStamp::of(&m),
+                digest: digest.clone(),
+                keys,
+            });
+        }
+        Ok(CommitInfo {
+            lines,
+            store_sha256: digest,
+            warnings,
+        })
+    }
+
+    /// Appends and fsyncs; on failure removes whatever part of `bytes` reached the file.
+    fn append_log(&self, bytes: &[u8], restore_len: u64) -> Result<()> {
+        let mut f = fsutil::open_append(&self.log)?;
+        let res = f
+            .write_all(bytes)
+            .map_err(|e| Error::io("append to audit log", &self.log, e))
+            .and_then(|()| {
+                if self.sync() {
+                    f.sync_data()
+                        .map_err(|e| Error::io("fsync audit log", &self.log, e))
+                } else {
+                    Ok(())
+                }
+            });
+        if res.is_err() {
+            // Best effort: an uncommitted partial line would otherwise be removed as torn later.
+            let _ = f.set_len(restore_len);
+            let _ = f.sync_data();
+        }
+        res
+    }
+
+    /// Completes an interrupted commit if one is visible, without blocking readers for long.
+    fn recover_if_pending(&self, now: f64, warnings: &mut Vec<String>) {
+        if !self.pending.exists() {
+            return;
+        }
+        let mut cache = self.cache();
+        let res = self
+            .lock_file()
+            .and_then(|_lock| self.recover(&mut cache, now, false, false));
+        match res {
+            Ok(r) => warnings.extend(r.notes),
+            Err(e) => warnings.push(format!("could not complete an interrupted change: {e}")),
+        }
+    }
+
+    fn hydration_warnings(keys: &KeyMap, warnings: &mut Vec<String>) {
+        let n = keys.values().filter(|r| r.hydration.any()).count();
+        if n > 0 {
+            warnings.push(format!(
+                "{n} legacy record(s) lack created/scope/expires_at; defaults are shown and will be written by the next change"
+            ));
+        }
+    }
+}
+
+/// `OpenOptions::mode(0o600)` under a name that reads well at the call site.
+trait OwnerOnly {
+    fn mode_owner_only(&mut self) -> &mut Self;
+}
+impl OwnerOnly for fs::OpenOptions {
+    fn mode_owner_only(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+impl KeyStore for FileStore {
+    fn location(&self) -> String {
+        self.store.display().to_string()
+    }
+
+    fn load(&self, now: f64) -> Result<Snapshot> {
+        let mut warnings = Vec::new();
+        self.recover_if_pending(now, &mut warnings);
+        check_all(&[&self.store, &self.log], &mut warnings)?;
+        let mut cache = self.cache();
+        let cur = self.read_current(&mut cache, now)?;
+        let exists = cur.stamp.is_some();
+        Self::hydration_warnings(&cur.keys, &mut warnings);
+        let keys = cur.keys.clone();
+        if let (Some(stamp), Some(digest)) = (cur.stamp, cur.digest) {
+            *cache = Some(Cached {
+                stamp,
+                digest,
+                keys: cur.keys,
+            });
+        }
+        Ok(Snapshot {
+            keys,
+            exists,
+            warnings,
+        })
+    }
+
+    fn commit(&self, actor: &Actor, now: f64, change: &mut Change<'_>) -> Result<CommitInfo> {
+        self.commit_with(actor, now, Base::Live, change)
+    }
+
+    fn events(&self, q: &EventQuery) -> Result<EventPage> {
+        check_all(&[&self.log], &mut Vec::new())?;
+        audit::read_events(&self.log, q)
+    }
+
+    fn verify(&self, actor: &Actor, now: f64, opts: VerifyOptions) -> Result<VerifyReport> {
+        let mut checks = Vec::new();
+        let mut push = |name: &str, status: &'static str, detail: String| {
+            checks.push(Check {
+                name: name.into(),
+                status,
+                detail,
+            })
+        };
+        // Lock (and recover) when we can; a read-only operator still gets a report.
+        let mut notes = Vec::new();
+        if opts.adopt {
+            let info = self.commit_with(actor, now, Base::Adopt, &mut |keys: &mut KeyMap| {
+                Ok(vec![
+                    AuditDraft::new("adopt", None)
+                        .with(
+                            "detail",
+                            "store file accepted as the audited state by verify --adopt",
+                        )
+                        .with("keys", keys.len()),
+                ])
+            })?;
+            notes.extend(info.warnings);
+        } else {
+            self.recover_if_pending(now, &mut notes);
+        }
+        for n in notes {
+            push("recovery", "warn", n);
+        }
+        // Permissions
+        for (name, p) in [
+            ("directory", &self.dir),
+            ("store permissions", &self.store),
+            ("log permissions", &self.log),
+        ] {
+            match fsutil::check_perms(p) {
+                Ok(fsutil::PermCheck::Ok) => {
+                    push(name, "ok", format!("{} is owner-only", p.display()))
+                }
+                Ok(fsutil::PermCheck::Missing) => {
+                    push(name, "ok", format!("{} does not exist yet", p.display()))
+                }
+                Ok(fsutil::PermCheck::Readable(m)) => push(
+                    name,
+                    "warn",
+                    format!(
+                        "{} is readable by group or others (mode {m:04o})",
+                        p.display()
+                    ),
+                ),
+                Err(e) => push(name, "fail", e.to_string()),
+            }
+        }
+        // Store
+        let bytes = fsutil::read_optional(&self.store);
+        let mut keys_n = 0;
+        let mut store_digest = None;
+        match bytes {
+            Ok(None) => push(
+                "store",
+                "ok",
+                format!("{} does not exist yet (no keys)", self.store.display()),
+            ),
+            Ok(Some(b)) => {
+                store_digest = Some(sha256_hex(&b));
+                match record::parse_store(&b, &self.store, self.ctx(now)) {
+                    Ok(keys) => {
+                        keys_n = keys.len();
+                        let legacy = keys.values().filter(|r| r.hydration.any()).count();
+                        if legacy > 0 {
+                            push(
+                                "store",
+                                "warn",
+                                format!(
+                                    "{keys_n} valid records; {legacy} legacy record(s) lack fields and are shown with defaults"
+                                ),
+                            );
+                        } else {
+                            push("store", "ok", format!("{keys_n} valid records"));
+                        }
+                    }
+                    Err(e) => push("store", "fail", e.to_string()),
+                }
+            }
+            Err(e) => push("store", "fail", e.to_string()),
+        }
+        // Chain
+        let mut log_lines = 0;
+        match audit::verify_chain(&self.log) {
+            Ok(rep) => {
+                log_lines = rep.lines;
+                match &rep.first_error {
+                    Some((line, why)) => push(
+                        "audit chain",
+                        "fail",
+                        format!("{}: first bad line {line}: {why}", self.log.display()),
+                    ),
+                    None => push(
+                        "audit chain",
+                        "ok",
+                        format!(
+                            "{} lines ({} legacy, {} chained), chain intact",
+                            rep.lines, rep.legacy_lines, rep.chained_lines
+                        ),
+                    ),
+                }
+                if rep.torn_bytes > 0 {
+                    push(
+                        "audit tail",
+                        "warn",
+                        format!(
+                            "{} bytes of an interrupted append at the end; removed by the next change",
+                            rep.torn_bytes
+                        ),
+                    );
+                }
+                match (&rep.last_store_sha256, &store_digest) {
+                    (Some(want), got) if got.as_deref() != Some(want.as_str()) => push(
+                        "store matches log",
+                        "fail",
+                        Error::StoreMismatch {
+                            store: self.store.clone(),
+                            detail: format!(
+                                "log records store_sha256 {}",
+                                &want[..12.min(want.len())]
+                            ),
+                        }
+                        .to_string(),
+                    ),
+                    (Some(_), _) => push(
+                        "store matches log",
+                        "ok",
+                        "store is the state recorded by the last audit line".into(),
+                    ),
+                    (None, _) => push(
+                        "store matches log",
+                        "ok",
+                        "no chained audit line yet (legacy or empty log)".into(),
+                    ),
+                }
+            }
+            Err(e) => push("audit chain", "fail", e.to_string()),
+        }
+        let ok = checks.iter().all(|c| c.status != "fail");
+        Ok(VerifyReport {
+            store: self.store.display().to_string(),
+            log: self.log.display().to_string(),
+            ok,
+            keys: keys_n,
+            log_lines,
+            checks,
+        })
+    }
+
+    fn backup(&self, out: &Path, now: f64) -> Result<BackupManifest> {
+        crate::backup::backup_file_store(self, out, now)
+    }
+
+    fn restore(&self, from: &Path, actor: &Actor, now: f64) -> Result<RestoreReport> {
+        crate::backup::restore_file_store(self, from, actor, now)
+    }
+}
+
+/// Internals shared with `backup.rs`.
+impl FileStore {
+    /// Runs `f` under the lock after recovery, with the store bytes and the complete log bytes.
+    pub(crate) fn with_locked_files<T>(
+        &self,
+        now: f64,
+        f: impl FnOnce(Option<&[u8]>, &[u8]) -> Result<T>,
+    ) -> Result<T> {
+        let mut cache = self.cache();
+        let _lock = self.lock_file()?;
+        let head = self.recover(&mut cache, now, false, false)?.head;
+        let store = fsutil::read_optional(&self.store)?;
+        let mut log = fsutil::read_optional(&self.log)?.unwrap_or_default();
+        log.truncate(usize::try_from(head.complete_len).unwrap_or(log.len()));
+        f(store.as_deref(), &log)
+    }
+
+    /// Replaces the store with `keys` as a restore, appending `draft` (computed from the live
+    /// log bytes). If the live log is missing, `seed_log` becomes the live log first.
+    pub(crate) fn commit_replacement(
+        &self,
+        actor: &Actor,
+        now: f64,
+        seed_log: &[u8],
+        plan: &mut ReplacementPlan<'_>,
+    ) -> Result<CommitInfo> {
+        let mut cache = self.cache();
+        let _lock = self.lock_file()?;
+        let live_log = match fsutil::read_optional(&self.log)? {
+            Some(b) => b,
+            None => {
+                fsutil::write_new(&self.log, seed_log, self.sync())?;
+                if self.sync() {
+                    fsutil::sync_dir(&self.dir)?;
+                }
+                seed_log.to_vec()
+            }
+        };
+        let (keys, drafts) = plan(&live_log)?;
+        let mut drafts = Some(drafts);
+        self.commit_locked(
+            &mut cache,
+            actor,
+            now,
+            Base::Replace(keys),
+            &mut |_keys: &mut KeyMap| Ok(drafts.take().unwrap_or_default()),
+        )
+    }
+}
+
+/// Parses a JSON audit value's string field.
+pub(crate) fn str_field<'a>(e: &'a AuditEvent, k: &str) -> Option<&'a str> {
+    e.get(k).and_then(Value::as_str)
+}

@@ -535,6 +535,16 @@ impl KeyStore for FileStore {
         let cur = self.read_current(&mut cache, now)?;
         let exists = cur.stamp.is_some();
         Self::hydration_warnings(&cur.keys, &mut warnings);
+        // Cheap tamper check (a tail read): the store should be what the log last recorded.
+        if let Ok(head) = audit::read_head(&self.log)
+            && let Some(want) = head.store_sha256
+            && cur.digest.as_deref() != Some(want.as_str())
+        {
+            warnings.push(format!(
+                "{} is not the state recorded by the last audit line (changed outside xai-keys, or the log was truncated); run `xai-keys verify`",
+                self.store.display()
+            ));
+        }
         let keys = cur.keys.clone();
         if let (Some(stamp), Some(digest)) = (cur.stamp, cur.digest) {
             *cache = Some(Cached {

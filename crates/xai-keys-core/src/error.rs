@@ -112,12 +112,12 @@ pub enum Error {
     )]
     LockTimeout { path: PathBuf, seconds: u64 },
 
-    #[error("{op} {path}: {source}", path = path.display())]
+    /// The cause is part of the message (not a `source`), so chains print it once.
+    #[error("{op} {path}: {err}{hint}", path = path.display(), hint = io_hint(err))]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
 
     #[error("operating system random number generator failed: {0}")]
@@ -183,7 +183,19 @@ impl Error {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            err: source,
         }
+    }
+}
+
+/// What to do about the common operating-system failures.
+fn io_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(28) | Some(122) => {
+            "; free space on that filesystem (or raise the quota) and retry: the failed change was not applied"
+        }
+        Some(13) | Some(1) => "; run as the store's owner or fix its ownership",
+        Some(30) => "; the filesystem is read-only: remount it read-write to make changes",
+        _ => "",
     }
 }

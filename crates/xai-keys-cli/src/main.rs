@@ -26,9 +26,10 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::from(1),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = e
-                .downcast_ref::<CoreError>()
-                .map_or("error", CoreError::code);
+            let code = e.downcast_ref::<CoreError>().map_or_else(
+                || e.downcast_ref::<CliError>().map_or("error", |c| c.code),
+                CoreError::code,
+            );
             if json_errors {
                 let v = serde_json::json!({ "error": code, "message": format!("{e:#}") });
                 eprintln!("{v}");
@@ -39,6 +40,22 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// An error raised by the CLI itself (not the core), with a stable code for `-o json`
+/// (e.g. `missing_secret`, as the reference prints).
+#[derive(Debug)]
+pub struct CliError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {

@@ -154,11 +154,40 @@ fn meta_draft(action: &'static str, id: &KeyId, r: &KeyRecord) -> AuditDraft {
 pub struct KeyManager<'a> {
     store: &'a dyn KeyStore,
     policy: TtlPolicy,
+    /// Warnings from the store's commits (readable permissions, recovery notes), for the caller
+    /// to show: see [`KeyManager::take_warnings`].
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl<'a> KeyManager<'a> {
     pub fn new(store: &'a dyn KeyStore, policy: TtlPolicy) -> Self {
-        KeyManager { store, policy }
+        KeyManager {
+            store,
+            policy,
+            warnings: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Returns (and clears) the non-fatal findings of the commits made so far, such as a store
+    /// readable by group or others or a completed interrupted change. Front ends show them.
+    pub fn take_warnings(&self) -> Vec<String> {
+        let mut g = match self.warnings.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        std::mem::take(&mut *g)
+    }
+
+    /// Commits through the store, keeping its warnings for [`KeyManager::take_warnings`].
+    fn commit(&self, actor: &Actor, now: f64, change: &mut crate::store::Change<'_>) -> Result<()> {
+        let info = self.store.commit(actor, now, change)?;
+        if !info.warnings.is_empty() {
+            match self.warnings.lock() {
+                Ok(mut g) => g.extend(info.warnings),
+                Err(p) => p.into_inner().extend(info.warnings),
+            }
+        }
+        Ok(())
     }
 
     pub fn policy(&self) -> TtlPolicy {
@@ -200,7 +229,7 @@ impl<'a> KeyManager<'a> {
         };
         let (record, clamped) = self.new_record(req.scope, label, req.ttl, origin, now)?;
         let id = plaintext.key_id();
-        self.store.commit(actor, now, &mut |keys: &mut KeyMap| {
+        self.commit(actor, now, &mut |keys: &mut KeyMap| {
             if keys.contains_key(&id) {
                 return Err(Error::Duplicate(id.to_string()));
             }
@@ -232,7 +261,7 @@ impl<'a> KeyManager<'a> {
         let id = KeyId::parse(key_id)?;
         let (record, _) =
             self.new_record(scope, check_label(label)?, ttl, Origin::Imported, now)?;
-        self.store.commit(actor, now, &mut |keys: &mut KeyMap| {
+        self.commit(actor, now, &mut |keys: &mut KeyMap| {
             if keys.contains_key(&id) {
                 return Err(Error::Duplicate(id.to_string()));
             }
@@ -257,7 +286,7 @@ impl<'a> KeyManager<'a> {
     ) -> Result<KeyInfo> {
         let reason = reason.map(check_label).transpose()?;
         let mut out = None;
-        self.store.commit(actor, now, &mut |keys: &mut KeyMap| {
+        self.commit(actor, now, &mut |keys: &mut KeyMap| {
             let id = resolve(keys, given)?;
             let Some(rec) = keys.remove(&id) else {
                 return Err(Error::NotFound(id.to_string()));
@@ -285,7 +314,7 @@ impl<'a> KeyManager<'a> {
         now: f64,
     ) -> Result<KeyInfo> {
         let mut out = None;
-        self.store.commit(actor, now, &mut |keys: &mut KeyMap| {
+        self.commit(actor, now, &mut |keys: &mut KeyMap| {
             let id = resolve(keys, given)?;
             let Some(rec) = keys.get_mut(&id) else {
                 return Err(Error::NotFound(id.to_string()));
@@ -329,7 +358,7 @@ impl<'a> KeyManager<'a> {
         let plaintext = PlainToken::generate()?;
         let new_id = plaintext.key_id();
         let mut out: Option<(KeyRecord, bool, KeyId, f64)> = None;
-        self.store.commit(actor, now, &mut |keys: &mut KeyMap| {
+        self.commit(actor, now, &mut |keys: &mut KeyMap| {
             let old_id = resolve(keys, given)?;
             let old = keys
                 .get(&old_id)
@@ -436,7 +465,7 @@ impl<'a> KeyManager<'a> {
             now,
         )?;
         let mut existing: Option<KeyRecord> = None;
-        self.store.commit(actor, now, &mut |keys: &mut KeyMap| {
+        self.commit(actor, now, &mut |keys: &mut KeyMap| {
             if let Some(r) = keys.get(&id) {
                 if r.scope != Scope::Admin {
                     return Err(Error::KeyState {

@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use xai_keys_core::audit::Actor;
 use xai_keys_core::ops::{
@@ -148,7 +148,8 @@ pub fn issue(a: IssueArgs, cfg: &Config) -> Result<bool> {
     };
     let supplied = secret.is_some();
     let store = cfg.open_store()?;
-    let k = KeyManager::new(&store, cfg.policy).issue(
+    let mgr = KeyManager::new(&store, cfg.policy);
+    let res = mgr.issue(
         IssueRequest {
             scope: a.scope,
             label: a.label,
@@ -157,7 +158,9 @@ pub fn issue(a: IssueArgs, cfg: &Config) -> Result<bool> {
         },
         &Actor::current_cli_user(),
         now,
-    )?;
+    );
+    output::warnings(&mgr.take_warnings());
+    let k = res?;
     if supplied {
         // Never echo a caller's secret back: report the id only.
         let info = &k.info;
@@ -178,14 +181,17 @@ pub fn import(a: ImportArgs, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
     let ttl = ttl_request(&a.ttl)?;
     let store = cfg.open_store()?;
-    let k = KeyManager::new(&store, cfg.policy).import(
+    let mgr = KeyManager::new(&store, cfg.policy);
+    let res = mgr.import(
         &a.key_id,
         a.scope,
         &a.label,
         ttl,
         &Actor::current_cli_user(),
         now,
-    )?;
+    );
+    output::warnings(&mgr.take_warnings());
+    let k = res?;
     print_info(cfg, "imported", &k, now)?;
     Ok(true)
 }
@@ -193,12 +199,15 @@ pub fn import(a: ImportArgs, cfg: &Config) -> Result<bool> {
 pub fn revoke(a: RevokeArgs, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
     let store = cfg.open_store()?;
-    let k = KeyManager::new(&store, cfg.policy).revoke(
+    let mgr = KeyManager::new(&store, cfg.policy);
+    let res = mgr.revoke(
         &a.key_id,
         a.reason.as_deref(),
         &Actor::current_cli_user(),
         now,
-    )?;
+    );
+    output::warnings(&mgr.take_warnings());
+    let k = res?;
     print_info(cfg, "revoked", &k, now)?;
     Ok(true)
 }
@@ -206,12 +215,10 @@ pub fn revoke(a: RevokeArgs, cfg: &Config) -> Result<bool> {
 pub fn set_disabled(a: KeyArg, disabled: bool, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
     let store = cfg.open_store()?;
-    let k = KeyManager::new(&store, cfg.policy).set_disabled(
-        &a.key_id,
-        disabled,
-        &Actor::current_cli_user(),
-        now,
-    )?;
+    let mgr = KeyManager::new(&store, cfg.policy);
+    let res = mgr.set_disabled(&a.key_id, disabled, &Actor::current_cli_user(), now);
+    output::warnings(&mgr.take_warnings());
+    let k = res?;
     print_info(cfg, if disabled { "disabled" } else { "enabled" }, &k, now)?;
     Ok(true)
 }
@@ -225,7 +232,8 @@ pub fn rotate(a: RotateArgs, cfg: &Config) -> Result<bool> {
         None
     };
     let store = cfg.open_store()?;
-    let r = KeyManager::new(&store, cfg.policy).rotate(
+    let mgr = KeyManager::new(&store, cfg.policy);
+    let res = mgr.rotate(
         &a.key_id,
         RotateRequest {
             grace_secs: grace,
@@ -235,7 +243,9 @@ pub fn rotate(a: RotateArgs, cfg: &Config) -> Result<bool> {
         },
         &Actor::current_cli_user(),
         now,
-    )?;
+    );
+    output::warnings(&mgr.take_warnings());
+    let r = res?;
     print_issued(
         cfg,
         &r.new,
@@ -267,18 +277,19 @@ pub fn bootstrap(a: BootstrapArgs, cfg: &Config) -> Result<bool> {
         match std::env::var("XAI_BOOTSTRAP_ADMIN_KEY") {
             Ok(s) if !s.trim().is_empty() => PlainToken::from_supplied(&s)?,
             _ => {
-                bail!("missing_secret: provide --secret-stdin, --secret or XAI_BOOTSTRAP_ADMIN_KEY")
+                return Err(crate::CliError {
+                    code: "missing_secret",
+                    message: "missing_secret: provide --secret-stdin, --secret or XAI_BOOTSTRAP_ADMIN_KEY".into(),
+                }
+                .into());
             }
         }
     };
     let store = cfg.open_store()?;
-    let b = KeyManager::new(&store, cfg.policy).bootstrap_admin(
-        &secret,
-        &a.label,
-        ttl,
-        &Actor::current_cli_user(),
-        now,
-    )?;
+    let mgr = KeyManager::new(&store, cfg.policy);
+    let res = mgr.bootstrap_admin(&secret, &a.label, ttl, &Actor::current_cli_user(), now);
+    output::warnings(&mgr.take_warnings());
+    let b = res?;
     drop(secret);
     let r = &b.info.record;
     if cfg.json {

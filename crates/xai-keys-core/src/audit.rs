@@ -181,12 +181,26 @@ pub fn is_chained(obj: &AuditEvent) -> bool {
     obj.contains_key("hash") || obj.contains_key("prev_hash")
 }
 
+/// Field set (`true`) on every line of a multi-line commit except its last. A log whose last
+/// complete line has it ends inside a commit whose append was cut short (a SIGKILL can shorten a
+/// multi-page `write`; a power loss can keep part of an unsynced append): that commit never
+/// reached its commit point, so its lines count as torn, like a partial final line, and the
+/// next writer removes them. Without the marker, a cut after the first line of `rotate` (issue,
+/// revoke, rotate) would look like a complete commit and be rolled forward half-audited.
+pub const TX_CONTINUES: &str = "tx_continues";
+
+/// Whether a chained line says its commit continues on the next line.
+pub fn continues(obj: &AuditEvent) -> bool {
+    is_chained(obj) && obj.get(TX_CONTINUES).and_then(Value::as_bool) == Some(true)
+}
+
 /// What the tail of the log says, for the next append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogHead {
-    /// Bytes in the log up to and including the last complete line.
+    /// Bytes in the log up to and including the last line of the last complete commit.
     pub complete_len: u64,
-    /// Bytes after the last newline (an interrupted append).
+    /// Bytes after that (an interrupted append: a partial final line, and the complete lines
+    /// of a commit whose last line is missing; see [`TX_CONTINUES`]).
     pub torn_bytes: u64,
     /// `prev_hash` for the next line.
     pub next_prev_hash: String,
@@ -215,11 +229,23 @@ pub fn read_head(path: &Path) -> Result<LogHead> {
         .len();
     let mut lines =
         TailLines::new(&mut f, len).map_err(|e| Error::io("read audit log", path, e))?;
-    let complete_len = lines.complete_len();
-    let torn_bytes = len - complete_len;
-    let last = lines
+    let mut complete_len = lines.complete_len();
+    let mut last = lines
         .next_line()
         .map_err(|e| Error::io("read audit log", path, e))?;
+    // Lines of a commit whose last line never arrived are torn too.
+    while let Some((offset, bytes)) = &last {
+        match serde_json::from_slice::<AuditEvent>(bytes) {
+            Ok(obj) if continues(&obj) => {
+                complete_len = *offset;
+                last = lines
+                    .next_line()
+                    .map_err(|e| Error::io("read audit log", path, e))?;
+            }
+            _ => break,
+        }
+    }
+    let torn_bytes = len - complete_len;
     let Some((line_no_from_end, bytes)) = last else {
         return Ok(LogHead {
             complete_len,
@@ -565,9 +591,10 @@ pub struct ChainReport {
     pub chained_lines: usize,
     /// First integrity failure: 1-based line number and problem.
     pub first_error: Option<(usize, String)>,
-    /// Bytes after the last newline (an interrupted append; removed by the next change).
+    /// Bytes of an interrupted append at the end (removed by the next change): a partial last
+    /// line, and the lines of a final commit whose last line is missing ([`TX_CONTINUES`]).
     pub torn_bytes: u64,
-    /// `store_sha256` of the last chained line.
+    /// `store_sha256` of the last complete commit.
     pub last_store_sha256: Option<String>,
     pub last_hash: Option<String>,
 }
@@ -584,6 +611,8 @@ pub fn verify_chain(path: &Path) -> Result<ChainReport> {
     let mut prefix = Sha256::new();
     let mut prefix_len = 0u64;
     let mut prev: Option<String> = None; // Some once the chain has started
+    // Bytes of the trailing lines of a commit that has not ended yet (TX_CONTINUES).
+    let mut open_commit_bytes = 0u64;
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -629,10 +658,15 @@ pub fn verify_chain(path: &Path) -> Result<ChainReport> {
                         "hash does not match the line's content (the line was edited)".into(),
                     );
                 }
-                rep.last_store_sha256 = obj
-                    .get("store_sha256")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
+                if continues(&obj) {
+                    open_commit_bytes += line.len() as u64;
+                } else {
+                    open_commit_bytes = 0;
+                    rep.last_store_sha256 = obj
+                        .get("store_sha256")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                }
                 rep.last_hash = Some(got_hash.clone());
                 prev = Some(got_hash);
             }
@@ -653,6 +687,7 @@ pub fn verify_chain(path: &Path) -> Result<ChainReport> {
             }
         }
     }
+    rep.torn_bytes += open_commit_bytes;
     Ok(rep)
 }
 

@@ -7,6 +7,7 @@
 //! revocation, suspension or shortened expiry that the live log records after the backup was
 //! taken, so a restore can never bring a revoked key back.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -180,49 +181,72 @@ pub(crate) fn restore_file_store(
     let mut report = None;
     fs_store.commit_replacement(actor, now, &backup_log, &mut |live_log: &[u8]| {
         let mut keys = backup_keys.clone();
-        // Which live lines come after the backup: by position when the backup's log is a
-        // prefix of the live one, otherwise by time.
+        // Which live lines can matter: those after the backup when the backup's log is a byte
+        // prefix of the live one; otherwise every live line. Timestamps are not trusted for
+        // this (a command takes its time before waiting for the lock, so a revocation committed
+        // after the backup can carry an earlier timestamp). Each key's *latest* lifecycle event
+        // decides, and only restrictions are applied: a restore never revives or loosens.
         let b = backup_log.len();
         let by_position = live_log.len() >= b && sha256_hex(&live_log[..b]) == manifest.log_sha256;
-        let tail: &[u8] = if by_position {
+        let relevant: &[u8] = if by_position {
             &live_log[b..]
         } else {
             live_log
         };
-        let mut revoked = Vec::new();
-        let mut restricted = Vec::new();
-        for line in tail.split(|&c| c == b'\n') {
+        let mut revoked_last: BTreeMap<KeyId, bool> = BTreeMap::new();
+        let mut disabled_last: BTreeMap<KeyId, bool> = BTreeMap::new();
+        let mut shortest_expiry: BTreeMap<KeyId, f64> = BTreeMap::new();
+        for line in relevant.split(|&c| c == b'\n') {
             let Ok(ev) = serde_json::from_slice::<AuditEvent>(line) else {
                 continue;
             };
-            if !by_position
-                && ev
-                    .get("timestamp")
-                    .and_then(Value::as_f64)
-                    .is_none_or(|t| t <= manifest.created)
-            {
-                continue;
-            }
             let Some(id) = str_field(&ev, "key_id").and_then(|k| KeyId::parse(k).ok()) else {
                 continue;
             };
             match str_field(&ev, "action") {
-                Some("revoke") if keys.remove(&id).is_some() => revoked.push(id.to_string()),
+                Some("revoke") => {
+                    revoked_last.insert(id, true);
+                }
+                Some("issue") => {
+                    revoked_last.insert(id, false);
+                }
                 Some("disable") => {
-                    if let Some(r) = keys.get_mut(&id) {
-                        r.disabled = true;
-                        restricted.push(id.to_string());
-                    }
+                    disabled_last.insert(id, true);
+                }
+                Some("enable") => {
+                    disabled_last.insert(id, false);
                 }
                 Some("expire") => {
-                    let at = ev.get("expires_at").and_then(Value::as_f64);
-                    if let (Some(r), Some(at)) = (keys.get_mut(&id), at) {
-                        r.expires_at = Some(r.expires_at.map_or(at, |e| e.min(at)));
-                        r.permanent = false;
-                        restricted.push(id.to_string());
+                    if let Some(at) = ev.get("expires_at").and_then(Value::as_f64) {
+                        let e = shortest_expiry.entry(id).or_insert(at);
+                        *e = e.min(at);
                     }
                 }
                 _ => {}
+            }
+        }
+        let mut revoked = Vec::new();
+        let mut restricted = Vec::new();
+        for (id, _) in revoked_last.iter().filter(|(_, r)| **r) {
+            if keys.remove(id).is_some() {
+                revoked.push(id.to_string());
+            }
+        }
+        for (id, _) in disabled_last.iter().filter(|(_, d)| **d) {
+            if let Some(r) = keys.get_mut(id)
+                && !r.disabled
+            {
+                r.disabled = true;
+                restricted.push(id.to_string());
+            }
+        }
+        for (id, at) in &shortest_expiry {
+            if let Some(r) = keys.get_mut(id)
+                && r.expires_at.is_none_or(|e| e > *at)
+            {
+                r.expires_at = Some(*at);
+                r.permanent = false;
+                restricted.push(id.to_string());
             }
         }
         restricted.sort();

@@ -13,10 +13,11 @@ use std::path::Path;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::scope::Scope;
-use crate::token::KeyId;
+use crate::token::{KeyId, hex};
 
 /// Every key in a store, ordered by id.
 pub type KeyMap = BTreeMap<KeyId, KeyRecord>;
@@ -187,7 +188,9 @@ pub struct LoadContext {
 /// Parses store bytes. Type errors name the record and carry line and column.
 pub fn parse_store(bytes: &[u8], path: &Path, ctx: LoadContext) -> Result<KeyMap> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let map = StoreSeed { ctx }
+    // A pretty-printed record takes 200-260 bytes: reserve for the likely count up front.
+    let capacity = (bytes.len() / 200).min(1 << 20);
+    let map = StoreSeed { ctx, capacity }
         .deserialize(&mut de)
         .and_then(|m| de.end().map(|()| m));
     map.map_err(|e| {
@@ -215,8 +218,8 @@ pub fn parse_store(bytes: &[u8], path: &Path, ctx: LoadContext) -> Result<KeyMap
 
 /// Renders a store as the reference's 2-space-indented JSON, with a trailing newline.
 pub fn render_store(keys: &KeyMap) -> Vec<u8> {
-    // Records are ~200 bytes each when pretty-printed.
-    let mut out = Vec::with_capacity(keys.len() * 220 + 4);
+    // Records are ~250 bytes each when pretty-printed; over-reserve rather than regrow.
+    let mut out = Vec::with_capacity(keys.len() * 320 + 4);
     let mut ser = serde_json::Serializer::pretty(&mut out);
     let res = serde::Serializer::collect_map(&mut ser, keys.iter().map(|(k, v)| (k.as_str(), v)));
     // Serialising owned strings and finite numbers into a Vec cannot fail; keep the
@@ -229,8 +232,149 @@ pub fn render_store(keys: &KeyMap) -> Vec<u8> {
     out
 }
 
+/// The rendered text of single records, kept between commits by a long-running process so that
+/// [`render_store_cached`] serialises only the records that changed, and [`RenderCache::digest`]
+/// hashes only from the first changed byte on.
+///
+/// It holds a copy of each record as it was rendered (to detect any change, whatever the commit
+/// did to the map) and its entry text. It fills on the second render it serves: a one-shot
+/// process (the CLI) renders once and never pays for it.
+#[derive(Debug, Default)]
+pub struct RenderCache {
+    /// Whether a render has been served; the next one builds the entries.
+    armed: bool,
+    /// Each record as last rendered, with its entry text (`  "id": {…  }`, no separator).
+    entries: BTreeMap<KeyId, (KeyRecord, Box<[u8]>)>,
+    /// Sum of the entry texts' lengths.
+    bytes: usize,
+    /// SHA-256 states over the last rendered output: `hashed[k]` has absorbed exactly its first
+    /// `(k + 1) · HASH_CHUNK` bytes. Each render keeps only the states inside the prefix it
+    /// left unchanged, so every state held is valid for the last output.
+    hashed: Vec<Sha256>,
+    /// Length of the last rendered output (a digest of other bytes ignores `hashed`).
+    last_len: usize,
+}
+
+/// Bytes between two saved SHA-256 states in a [`RenderCache`].
+const HASH_CHUNK: usize = 64 * 1024;
+
+impl RenderCache {
+    /// Lowercase hex SHA-256 of `bytes`, which should be the output of the last
+    /// [`render_store_cached`] with this cache: only what follows its unchanged prefix (from the
+    /// last saved state on) is hashed again. Other bytes are hashed in full.
+    pub fn digest(&mut self, bytes: &[u8]) -> String {
+        if bytes.len() != self.last_len {
+            self.hashed.clear();
+        }
+        let mut h = self.hashed.last().cloned().unwrap_or_default();
+        let mut pos = self.hashed.len() * HASH_CHUNK;
+        while let Some(chunk) = bytes.get(pos..pos + HASH_CHUNK) {
+            h.update(chunk);
+            pos += HASH_CHUNK;
+            self.hashed.push(h.clone());
+        }
+        h.update(bytes.get(pos..).unwrap_or_default());
+        hex(&h.finalize())
+    }
+
+    /// Records a new output whose first `unchanged` bytes equal the previous output's.
+    fn rendered(&mut self, unchanged: usize, len: usize) {
+        self.hashed.truncate(unchanged / HASH_CHUNK);
+        self.last_len = len;
+    }
+}
+
+/// The text of one entry exactly as [`render_store`] writes it inside the whole object.
+fn render_entry(id: &KeyId, rec: &KeyRecord) -> Option<Box<[u8]>> {
+    // A one-entry object renders as "{\n" + entry + "\n}": the entry's text at the same indent.
+    let mut out = Vec::with_capacity(320);
+    let mut ser = serde_json::Serializer::pretty(&mut out);
+    serde::Serializer::collect_map(&mut ser, std::iter::once((id.as_str(), rec))).ok()?;
+    let inner = out.strip_prefix(b"{\n")?.strip_suffix(b"\n}")?;
+    Some(inner.into())
+}
+
+/// Renders like [`render_store`] (byte for byte), reusing `cache` for unchanged records.
+pub fn render_store_cached(keys: &KeyMap, cache: &mut RenderCache) -> Vec<u8> {
+    if !cache.armed || keys.is_empty() {
+        *cache = RenderCache {
+            armed: true,
+            ..RenderCache::default()
+        };
+        let out = render_store(keys);
+        cache.rendered(0, out.len());
+        return out;
+    }
+    let mut out = Vec::with_capacity(cache.bytes + keys.len() * 2 + 4096);
+    // Cached ids no longer present, and new or changed entries: applied after the walk.
+    let mut stale: Vec<KeyId> = Vec::new();
+    let mut fresh: Vec<(KeyId, KeyRecord, Box<[u8]>)> = Vec::new();
+    // Where the output first differs from the previous one (unchanged entries are copied
+    // verbatim, so everything before the first removed, changed or new entry is identical).
+    let mut first_change: Option<usize> = None;
+    let mut cached = cache.entries.iter().peekable();
+    out.push(b'{');
+    for (i, (id, rec)) in keys.iter().enumerate() {
+        let entry_start = out.len();
+        out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        let hit = loop {
+            let Some((cid, (crec, text))) = cached.peek() else {
+                break None;
+            };
+            match (*cid).cmp(id) {
+                std::cmp::Ordering::Less => {
+                    stale.push((*cid).clone());
+                    first_change.get_or_insert(entry_start);
+                    cached.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    let text = (crec == rec).then_some(text);
+                    cached.next();
+                    break text;
+                }
+                std::cmp::Ordering::Greater => break None,
+            }
+        };
+        match hit {
+            Some(text) => out.extend_from_slice(text),
+            None => {
+                let Some(text) = render_entry(id, rec) else {
+                    *cache = RenderCache::default();
+                    let out = render_store(keys);
+                    cache.rendered(0, out.len());
+                    return out;
+                };
+                first_change.get_or_insert(entry_start);
+                out.extend_from_slice(&text);
+                fresh.push((id.clone(), rec.clone(), text));
+            }
+        }
+    }
+    let end = out.len();
+    stale.extend(cached.map(|(cid, _)| {
+        first_change.get_or_insert(end);
+        cid.clone()
+    }));
+    out.extend_from_slice(b"\n}\n");
+    cache.rendered(first_change.unwrap_or(out.len()), out.len());
+    for id in stale {
+        if let Some((_, text)) = cache.entries.remove(&id) {
+            cache.bytes -= text.len();
+        }
+    }
+    for (id, rec, text) in fresh {
+        cache.bytes += text.len();
+        if let Some((_, old)) = cache.entries.insert(id, (rec, text)) {
+            cache.bytes -= old.len();
+        }
+    }
+    out
+}
+
 struct StoreSeed {
     ctx: LoadContext,
+    /// Expected number of records.
+    capacity: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for StoreSeed {
@@ -246,7 +390,11 @@ impl<'de> Visitor<'de> for StoreSeed {
         f.write_str("a JSON object mapping key ids to key records")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> std::result::Result<KeyMap, A::Error> {
-        let mut map = KeyMap::new();
+        // Our own files are sorted by key id: collect them in order and build the map in one
+        // pass at the end. Out-of-order input (the reference writes keys in issue order) switches
+        // to inserting into a map. Either way a repeated id is an error at its position.
+        let mut sorted: Vec<(KeyId, KeyRecord)> = Vec::with_capacity(self.capacity);
+        let mut map: Option<KeyMap> = None;
         while let Some(id) = access.next_key::<std::borrow::Cow<'de, str>>()? {
             if id.len() != 64 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
                 return Err(de::Error::custom(format!(
@@ -257,14 +405,27 @@ impl<'de> Visitor<'de> for StoreSeed {
                 ctx: self.ctx,
                 id: &id,
             })?;
-            if map
-                .insert(KeyId::from_trusted(id.clone().into_owned()), rec)
-                .is_some()
-            {
-                return Err(de::Error::custom(format!("key id {id} appears twice")));
+            let twice = || de::Error::custom(format!("key id {id} appears twice"));
+            let in_order = sorted
+                .last()
+                .is_none_or(|(last, _)| last.as_str() < id.as_ref());
+            match &mut map {
+                None if in_order => {
+                    sorted.push((KeyId::from_trusted(id.clone().into_owned()), rec));
+                }
+                _ => {
+                    let m = map
+                        .get_or_insert_with(|| std::mem::take(&mut sorted).into_iter().collect());
+                    if m.insert(KeyId::from_trusted(id.clone().into_owned()), rec)
+                        .is_some()
+                    {
+                        return Err(twice());
+                    }
+                }
             }
         }
-        Ok(map)
+        // Collecting sorted, distinct keys builds the tree without searching it.
+        Ok(map.unwrap_or_else(|| sorted.into_iter().collect()))
     }
 }
 
@@ -347,7 +508,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                         .map_err(|_: A::Error| bad("disabled", "must be true or false"))?
                 }
                 "origin" => {
-                    let s: String = a.next_value()?;
+                    let s: std::borrow::Cow<'de, str> = a.next_value()?;
                     origin = Some(Origin::parse(&s).ok_or_else(|| bad("origin", "is unknown"))?);
                 }
                 "replaced_by" => replaced_by = a.next_value::<Option<String>>()?,
@@ -459,6 +620,144 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("empty"), "{msg}");
+    }
+
+    fn rec(label: &str, created: f64) -> KeyRecord {
+        KeyRecord {
+            label: label.into(),
+            created,
+            scope: Scope::Operator,
+            expires_at: Some(created + 86_400.25),
+            permanent: false,
+            disabled: false,
+            origin: Some(Origin::Generated),
+            replaced_by: None,
+            extra: None,
+            hydration: Hydration::default(),
+        }
+    }
+
+    #[test]
+    fn cached_rendering_is_byte_identical_through_every_kind_of_change() {
+        let kid = |c: char| KeyId::from_trusted(id(c));
+        let mut keys = KeyMap::new();
+        let mut cache = RenderCache::default();
+        let mut check = |keys: &KeyMap| {
+            let out = render_store_cached(keys, &mut cache);
+            assert_eq!(
+                String::from_utf8(out.clone()).unwrap(),
+                String::from_utf8(render_store(keys)).unwrap()
+            );
+            assert_eq!(cache.digest(&out), crate::token::sha256_hex(&out));
+        };
+        check(&keys); // empty
+        keys.insert(kid('5'), rec("five", 1.5));
+        check(&keys); // first render (not cached yet)
+        check(&keys); // builds the cache
+        check(&keys); // all hits
+        keys.insert(kid('1'), rec("first", 1_700_000_000.123_456));
+        keys.insert(kid('9'), rec("läst \"quoted\"\n", 2.0));
+        check(&keys); // inserts before and after
+        keys.get_mut(&kid('5')).unwrap().disabled = true;
+        check(&keys); // in-place change
+        keys.get_mut(&kid('1')).unwrap().extra = Some(Box::new(
+            serde_json::from_str(r#"{"note": [1, {"a": null}]}"#).unwrap(),
+        ));
+        check(&keys);
+        keys.remove(&kid('5'));
+        keys.insert(kid('7'), rec("seven", 7.0));
+        check(&keys); // removal and replacement at once
+        keys.get_mut(&kid('9')).unwrap().expires_at = None;
+        keys.get_mut(&kid('9')).unwrap().permanent = true;
+        check(&keys);
+        keys.clear();
+        check(&keys);
+        keys.insert(kid('a'), rec("again", 3.0));
+        check(&keys);
+        check(&keys);
+    }
+
+    #[test]
+    fn incremental_digest_matches_a_full_hash_after_any_change() {
+        // ~2,000 records: several hash chunks, so saved states are reused and dropped.
+        let kid =
+            |n: u64| KeyId::from_trusted(format!("{:064x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        let mut keys: KeyMap = (0..2_000u64)
+            .map(|n| (kid(n), rec(&format!("k{n}"), n as f64)))
+            .collect();
+        let mut cache = RenderCache::default();
+        let mut seed = 7u64;
+        let mut next = |m: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) % m
+        };
+        for step in 0..36u64 {
+            match step % 6 {
+                0 => {
+                    keys.insert(kid(10_000 + step), rec("new", 1.0));
+                }
+                1 => {
+                    let victim = keys.keys().nth(next(keys.len() as u64) as usize).cloned();
+                    keys.remove(&victim.unwrap());
+                }
+                2 => {
+                    let n = next(keys.len() as u64) as usize;
+                    keys.values_mut().nth(n).unwrap().label.push('x');
+                }
+                3 => {} // no change at all
+                4 => {
+                    // a render whose digest is never asked for
+                    keys.values_mut().next_back().unwrap().disabled ^= true;
+                    render_store_cached(&keys, &mut cache);
+                    keys.values_mut().next().unwrap().created += 1.0;
+                }
+                _ => {
+                    keys.insert(kid(20_000 + step), rec("another", 2.0));
+                    let n = next(keys.len() as u64) as usize;
+                    keys.values_mut().nth(n).unwrap().scope = Scope::Admin;
+                }
+            }
+            let out = render_store_cached(&keys, &mut cache);
+            assert_eq!(out, render_store(&keys), "step {step}");
+            assert_eq!(
+                cache.digest(&out),
+                crate::token::sha256_hex(&out),
+                "step {step}"
+            );
+        }
+        // Bytes other than the last output are hashed in full.
+        assert_eq!(cache.digest(b"{}\n"), crate::token::sha256_hex(b"{}\n"));
+    }
+
+    #[test]
+    fn unsorted_stores_load_sorted_and_repeated_ids_are_refused() {
+        let body = |ids: &[char]| {
+            let recs: Vec<String> = ids
+                .iter()
+                .map(|c| format!("\"{}\": {{\"label\": \"{c}\"}}", id(*c)))
+                .collect();
+            format!("{{\n{}\n}}", recs.join(",\n"))
+        };
+        // The reference writes in issue order, not sorted.
+        let m = parse_store(body(&['c', 'a', 'b']).as_bytes(), Path::new("s"), CTX).unwrap();
+        let labels: Vec<&str> = m.values().map(|r| r.label.as_str()).collect();
+        assert_eq!(labels, ["a", "b", "c"]);
+        let m = parse_store(body(&['a', 'b', 'c']).as_bytes(), Path::new("s"), CTX).unwrap();
+        assert_eq!(m.len(), 3);
+        for ids in [
+            &['a', 'a'][..],
+            &['a', 'b', 'a'],
+            &['b', 'a', 'b'],
+            &['a', 'c', 'b', 'c'],
+        ] {
+            let msg = parse_store(body(ids).as_bytes(), Path::new("s"), CTX)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("appears twice") && msg.contains("line"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

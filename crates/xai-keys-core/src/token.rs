@@ -118,6 +118,9 @@ pub enum TokenShape {
 /// Classifies a presented credential without touching the store.
 pub fn classify(candidate: &str) -> TokenShape {
     let Some(rest) = candidate.strip_prefix(PREFIX) else {
+        if is_key_with_mistyped_prefix(candidate) {
+            return TokenShape::Malformed("has a mistyped xai_ prefix");
+        }
         return TokenShape::Other;
     };
     if rest.len() != BODY_LEN + CHECKSUM_LEN {
@@ -132,6 +135,30 @@ pub fn classify(candidate: &str) -> TokenShape {
         return TokenShape::Malformed("has a bad checksum");
     }
     TokenShape::Prefixed
+}
+
+/// Whether `candidate` is one of our keys with exactly one character of the prefix mistyped:
+/// the checksum covers the prefix too, so the rest validates against the real prefix.
+fn is_key_with_mistyped_prefix(candidate: &str) -> bool {
+    let mut chars = candidate.chars();
+    let head: Vec<char> = chars.by_ref().take(PREFIX.len()).collect();
+    let rest = chars.as_str();
+    let typos = head
+        .iter()
+        .zip(PREFIX.chars())
+        .filter(|(a, b)| *a != b)
+        .count();
+    if typos != 1 || rest.len() != BODY_LEN + CHECKSUM_LEN {
+        return false;
+    }
+    if !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return false;
+    }
+    let (body, sum) = rest.split_at(BODY_LEN);
+    let mut h = crc32fast::Hasher::new();
+    h.update(PREFIX.as_bytes());
+    h.update(body.as_bytes());
+    encode_checksum(h.finalize()) == sum
 }
 
 /// A key id: lowercase hex SHA-256 of the plaintext. Not secret.

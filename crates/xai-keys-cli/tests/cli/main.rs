@@ -1,5 +1,10 @@
 //! The CLI's one integration-test binary: every command end to end against real files.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod commands;
 mod common;
+mod concurrency;
+mod crash;
+mod diskfull;
+mod fixtures;
 mod smoke;

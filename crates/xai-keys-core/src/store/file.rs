@@ -7,10 +7,13 @@
 //!    SHA-256 differs from the `store_sha256` of the last log line, roll forward from
 //!    `<store>.pending` when its digest matches, else refuse (`StoreMismatch`).
 //! 2. Re-read the store (or reuse the cached parse when its inode, size, mtime and ctime are
-//!    unchanged), apply the change, render the new file.
-//! 3. Write `<store>.pending` (0600) and fsync it.
-//! 4. Append the audit lines (each carrying the new store's SHA-256) and fsync the log. This is
-//!    the commit point.
+//!    unchanged), apply the change, render the new file (a long-running process re-serialises
+//!    only the records that changed: `record::RenderCache`).
+//! 3. Write `<store>.pending` (0600), fsync it and the directory.
+//! 4. Append the audit lines (each carrying the new store's SHA-256; all but the last marked
+//!    `tx_continues`) and fsync the log. This is the commit point: a commit counts only once
+//!    its last line is complete, so recovery removes a partial line *and* the complete lines
+//!    of a commit whose append was cut short (`audit::TX_CONTINUES`).
 //! 5. Rename `<store>.pending` over `<store>`, fsync the directory. Report success.
 //!
 //! A crash before 4 leaves the old store and log (the pending file is discarded by the next
@@ -22,6 +25,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,7 +38,7 @@ use super::{
 };
 use crate::audit::{self, Actor, AuditDraft, AuditEvent, EventPage, EventQuery};
 use crate::error::{Error, Result};
-use crate::record::{self, KeyMap, LoadContext};
+use crate::record::{self, KeyMap, LoadContext, RenderCache};
 use crate::token::sha256_hex;
 
 /// Whether commits fsync. Only benchmarks measuring "excluding fsync" turn it off.
@@ -93,6 +97,15 @@ struct Cached {
     stamp: FileStamp,
     digest: String,
     keys: KeyMap,
+    /// The records' rendered text, so that a commit re-serialises only what it changed.
+    rendered: RenderCache,
+}
+
+/// Store bytes read (and hashed) by recovery, reused by the parse that follows.
+struct PreRead {
+    stamp: FileStamp,
+    bytes: Vec<u8>,
+    digest: String,
 }
 
 /// The current store contents as read under the lock.
@@ -101,6 +114,7 @@ struct Current {
     /// SHA-256 of the file bytes; `None` when the file does not exist.
     digest: Option<String>,
     stamp: Option<FileStamp>,
+    rendered: RenderCache,
 }
 
 /// Computes a restore's replacement map and audit lines from the live log bytes.
@@ -138,6 +152,9 @@ pub struct FileStore {
     opts: FileStoreOptions,
     /// In-process serialisation of writers, and the last parse of the store.
     cache: Mutex<Option<Cached>>,
+    /// Set by the first load or commit. A first load does not keep a copy of the keys in the
+    /// cache: a one-shot process (the CLI's `list`) would pay for the copy and never use it.
+    served: AtomicBool,
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -172,6 +189,7 @@ impl FileStore {
             dir,
             opts,
             cache: Mutex::new(None),
+            served: AtomicBool::new(false),
         })
     }
 
@@ -239,8 +257,14 @@ impl FileStore {
         }
     }
 
-    /// Reads the store, reusing the cached parse when the file is unchanged.
-    fn read_current(&self, cache: &mut Option<Cached>, now: f64) -> Result<Current> {
+    /// Reads the store, reusing the cached parse when the file is unchanged, or the bytes and
+    /// digest that recovery already read (`preread`) when the file has not changed since.
+    fn read_current(
+        &self,
+        cache: &mut Option<Cached>,
+        now: f64,
+        preread: Option<PreRead>,
+    ) -> Result<Current> {
         let meta = match fs::metadata(&self.store) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -249,6 +273,7 @@ impl FileStore {
                     keys: KeyMap::new(),
                     digest: None,
                     stamp: None,
+                    rendered: RenderCache::default(),
                 });
             }
             Err(e) => return Err(Error::io("stat store", &self.store, e)),
@@ -261,14 +286,27 @@ impl FileStore {
                 keys: c.keys,
                 digest: Some(c.digest),
                 stamp: Some(stamp),
+                rendered: c.rendered,
+            });
+        }
+        if let Some(p) = preread
+            && p.stamp == stamp
+        {
+            let keys = record::parse_store(&p.bytes, &self.store, self.ctx(now))?;
+            return Ok(Current {
+                keys,
+                digest: Some(p.digest),
+                stamp: Some(stamp),
+                rendered: RenderCache::default(),
             });
         }
         let bytes = fs::read(&self.store).map_err(|e| Error::io("read store", &self.store, e))?;
-        let keys = record::parse_store(&bytes, &self.store, self.ctx(now))?;
+        let (keys, digest) = parse_and_digest(&bytes, &self.store, self.ctx(now))?;
         Ok(Current {
             keys,
-            digest: Some(sha256_hex(&bytes)),
+            digest: Some(digest),
             stamp: Some(stamp),
+            rendered: RenderCache::default(),
         })
     }
 
@@ -307,8 +345,24 @@ impl FileStore {
             head.torn_bytes = 0;
         }
         let expected = head.store_sha256.clone();
-        let digest_of_store = || -> Result<Option<String>> {
-            Ok(fsutil::read_optional(&self.store)?.map(|b| sha256_hex(&b)))
+        // With a cold cache the store is read and hashed once here and parsed from the same
+        // bytes below (a CLI commit would otherwise read and hash it twice).
+        let mut preread: Option<PreRead> = None;
+        let mut digest_of_store = || -> Result<Option<String>> {
+            let meta = match fs::metadata(&self.store) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io("stat store", &self.store, e)),
+            };
+            let bytes =
+                fs::read(&self.store).map_err(|e| Error::io("read store", &self.store, e))?;
+            let digest = sha256_hex(&bytes);
+            preread = Some(PreRead {
+                stamp: FileStamp::of(&meta),
+                bytes,
+                digest: digest.clone(),
+            });
+            Ok(Some(digest))
         };
         let pending_matches = |want: &str| -> Result<bool> {
             Ok(fsutil::read_optional(&self.pending)?.is_some_and(|b| sha256_hex(&b) == want))
@@ -332,12 +386,18 @@ impl FileStore {
                         fsutil::sync_dir(&self.dir)?;
                     }
                     *cache = None;
+                    preread = None;
                     notes.push(format!(
                         "completed an interrupted change: the audit log recorded it, {} now matches",
                         self.store.display()
                     ));
                 } else if !adopt && base_is_live {
                     *cache = None;
+                    // A store that does not even parse is reported as corrupt, with the line
+                    // and column of the problem, rather than as a mere mismatch.
+                    if let Some(bytes) = fsutil::read_optional(&self.store)? {
+                        record::parse_store(&bytes, &self.store, self.ctx(now))?;
+                    }
                     return Err(Error::StoreMismatch {
                         store: self.store.clone(),
                         detail: format!(
@@ -357,7 +417,7 @@ impl FileStore {
                 .map_err(|e| Error::io("remove stale pending file", &self.pending, e))?;
         }
         let current = if base_is_live {
-            Some(self.read_current(cache, now)?)
+            Some(self.read_current(cache, now, preread)?)
         } else {
             None
         };
@@ -400,10 +460,10 @@ impl FileStore {
             notes,
         } = self.recover(cache, now, base_is_live, matches!(base, Base::Adopt))?;
         warnings.extend(notes);
-        let mut keys = match (base, current) {
-            (Base::Replace(m), _) => m,
-            (_, Some(c)) => c.keys,
-            (_, None) => KeyMap::new(),
+        let (mut keys, mut rendered) = match (base, current) {
+            (Base::Replace(m), _) => (m, RenderCache::default()),
+            (_, Some(c)) => (c.keys, c.rendered),
+            (_, None) => (KeyMap::new(), RenderCache::default()),
         };
         // The cache was taken by read_current; it is rebuilt only after a successful write.
         let change_drafts = change(&mut keys)?;
@@ -415,11 +475,24 @@ impl FileStore {
             });
         }
         drafts.extend(change_drafts);
-        let bytes = record::render_store(&keys);
-        let digest = sha256_hex(&bytes);
+        let bytes = record::render_store_cached(&keys, &mut rendered);
 
-        // 3. pending file
-        if let Err(e) = fsutil::write_new(&self.pending, &bytes, self.sync()) {
+        // 3. pending file (a large store is hashed meanwhile; the digest goes in the log lines)
+        let (written, digest) = with_digest(
+            &bytes,
+            |b| rendered.digest(b),
+            || fsutil::write_new(&self.pending, &bytes, self.sync()),
+        );
+        // The pending file's directory entry must be durable before the commit point, or a
+        // crash could leave a committed log with nothing to roll forward from.
+        let written = written.and_then(|()| {
+            if self.sync() {
+                fsutil::sync_dir(&self.dir)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
             let _ = fs::remove_file(&self.pending);
             return Err(e);
         }
@@ -427,7 +500,17 @@ impl FileStore {
         let mut text = String::new();
         let mut prev = head.next_prev_hash.clone();
         let mut lines = Vec::with_capacity(drafts.len());
-        for d in &drafts {
+        // Every line but the last says the commit continues, so that a cut-short append is
+        // recognised as uncommitted even when it ends on a line boundary.
+        let last = drafts.len().saturating_sub(1);
+        for (i, d) in drafts.iter().enumerate() {
+            let marked;
+            let d = if i < last {
+                marked = d.clone().with(audit::TX_CONTINUES, true);
+                &marked
+            } else {
+                d
+            };
             let (line, h) = audit::build_line(now, d, actor, &digest, &prev);
             text.push_str(&line);
             text.push('\n');
@@ -451,10 +534,12 @@ impl FileStore {
             fsutil::sync_dir(&self.dir)?;
         }
         if let Ok(m) = fs::metadata(&self.store) {
+            self.served.store(true, Ordering::Relaxed);
             *cache = Some(Cached {
                 stamp: FileStamp::of(&m),
                 digest: digest.clone(),
                 keys,
+                rendered,
             });
         }
         Ok(CommitInfo {
@@ -532,7 +617,7 @@ impl KeyStore for FileStore {
         self.recover_if_pending(now, &mut warnings);
         check_all(&[&self.store, &self.log], &mut warnings)?;
         let mut cache = self.cache();
-        let cur = self.read_current(&mut cache, now)?;
+        let cur = self.read_current(&mut cache, now, None)?;
         let exists = cur.stamp.is_some();
         Self::hydration_warnings(&cur.keys, &mut warnings);
         // Cheap tamper check (a tail read): the store should be what the log last recorded.
@@ -545,14 +630,22 @@ impl KeyStore for FileStore {
                 self.store.display()
             ));
         }
-        let keys = cur.keys.clone();
-        if let (Some(stamp), Some(digest)) = (cur.stamp, cur.digest) {
-            *cache = Some(Cached {
-                stamp,
-                digest,
-                keys: cur.keys,
-            });
-        }
+        // A cache hit implies an earlier call (only calls that set `served` fill the cache), so
+        // a hit is always put back; a first load hands its parse over without copying it.
+        let keep = self.served.swap(true, Ordering::Relaxed);
+        let keys = match (cur.stamp, cur.digest) {
+            (Some(stamp), Some(digest)) if keep => {
+                let keys = cur.keys.clone();
+                *cache = Some(Cached {
+                    stamp,
+                    digest,
+                    keys: cur.keys,
+                    rendered: cur.rendered,
+                });
+                keys
+            }
+            _ => cur.keys,
+        };
         Ok(Snapshot {
             keys,
             exists,
@@ -760,26 +853,57 @@ impl FileStore {
     ) -> Result<CommitInfo> {
         let mut cache = self.cache();
         let _lock = self.lock_file()?;
-        let live_log = match fsutil::read_optional(&self.log)? {
-            Some(b) => b,
-            None => {
-                fsutil::write_new(&self.log, seed_log, self.sync())?;
-                if self.sync() {
-                    fsutil::sync_dir(&self.dir)?;
-                }
-                seed_log.to_vec()
+        if !self.log.exists() {
+            fsutil::write_new(&self.log, seed_log, self.sync())?;
+            if self.sync() {
+                fsutil::sync_dir(&self.dir)?;
             }
-        };
-        let (keys, drafts) = plan(&live_log)?;
-        let mut drafts = Some(drafts);
-        self.commit_locked(
+        }
+        // Plan from committed state only: complete an interrupted commit (so its revocations
+        // count and the live store is current) or drop its uncommitted lines first.
+        let recovered = self.recover(&mut cache, now, false, false)?;
+        let live_log = fsutil::read_optional(&self.log)?.unwrap_or_default();
+        let (keys, planned) = plan(&live_log)?;
+        let mut drafts = Some(recovered.drafts.into_iter().chain(planned).collect());
+        let mut info = self.commit_locked(
             &mut cache,
             actor,
             now,
             Base::Replace(keys),
             &mut |_keys: &mut KeyMap| Ok(drafts.take().unwrap_or_default()),
-        )
+        )?;
+        info.warnings.extend(recovered.notes);
+        Ok(info)
     }
+}
+
+/// Parses store bytes and computes their SHA-256 (for the log anchor check and the cache).
+fn parse_and_digest(bytes: &[u8], path: &Path, ctx: LoadContext) -> Result<(KeyMap, String)> {
+    let (keys, digest) = with_digest(bytes, sha256_hex, || record::parse_store(bytes, path, ctx));
+    Ok((keys?, digest))
+}
+
+/// Runs `work` and computes the SHA-256 of `bytes` with `hash` (hex, as `sha256_hex`). For a
+/// large store (≥ 1 MiB, ~4,000 keys) the hash runs on a second thread meanwhile: it is the
+/// largest part of a commit's CPU time, and with fsync it then costs no wall time at all.
+fn with_digest<T>(
+    bytes: &[u8],
+    hash: impl FnOnce(&[u8]) -> String + Send,
+    work: impl FnOnce() -> T,
+) -> (T, String) {
+    const PARALLEL_FROM: usize = 1 << 20;
+    if bytes.len() < PARALLEL_FROM {
+        return (work(), hash(bytes));
+    }
+    let (out, digest) = std::thread::scope(|s| {
+        let hasher = std::thread::Builder::new()
+            .name("xai-keys-sha256".into())
+            .spawn_scoped(s, || hash(bytes));
+        let out = work();
+        (out, hasher.ok().and_then(|h| h.join().ok()))
+    });
+    // No thread (resource limits) or a failed one: hash here.
+    (out, digest.unwrap_or_else(|| sha256_hex(bytes)))
 }
 
 /// Parses a JSON audit value's string field.

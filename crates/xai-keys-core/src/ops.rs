@@ -228,7 +228,16 @@ impl<'a> KeyManager<'a> {
             None => (PlainToken::generate()?, Origin::Generated),
         };
         let (record, clamped) = self.new_record(req.scope, label, req.ttl, origin, now)?;
-        let id = plaintext.key_id();
+        let info = self.insert_new(plaintext.key_id(), record, actor, now)?;
+        Ok(IssuedKey {
+            plaintext,
+            info,
+            clamped,
+        })
+    }
+
+    /// Adds a new key in one commit, refusing to overwrite an existing id.
+    fn insert_new(&self, id: KeyId, record: KeyRecord, actor: &Actor, now: f64) -> Result<KeyInfo> {
         self.commit(actor, now, &mut |keys: &mut KeyMap| {
             if keys.contains_key(&id) {
                 return Err(Error::Duplicate(id.to_string()));
@@ -237,14 +246,10 @@ impl<'a> KeyManager<'a> {
             Ok(vec![issue_draft(&id, &record)])
         })?;
         let state = record.state(now);
-        Ok(IssuedKey {
-            plaintext,
-            info: KeyInfo {
-                key_id: id,
-                record,
-                state,
-            },
-            clamped,
+        Ok(KeyInfo {
+            key_id: id,
+            record,
+            state,
         })
     }
 
@@ -261,19 +266,7 @@ impl<'a> KeyManager<'a> {
         let id = KeyId::parse(key_id)?;
         let (record, _) =
             self.new_record(scope, check_label(label)?, ttl, Origin::Imported, now)?;
-        self.commit(actor, now, &mut |keys: &mut KeyMap| {
-            if keys.contains_key(&id) {
-                return Err(Error::Duplicate(id.to_string()));
-            }
-            keys.insert(id.clone(), record.clone());
-            Ok(vec![issue_draft(&id, &record)])
-        })?;
-        let state = record.state(now);
-        Ok(KeyInfo {
-            key_id: id,
-            record,
-            state,
-        })
+        self.insert_new(id, record, actor, now)
     }
 
     /// Revokes (deletes) a key; the audit line keeps its metadata.

@@ -120,3 +120,21 @@ pub fn write_private(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// Issues a default user key through `m`; returns its id.
+pub fn issue(m: &xai_keys_core::ops::KeyManager<'_>, label: &str, now: f64) -> String {
+    m.issue(
+        xai_keys_core::ops::IssueRequest {
+            scope: xai_keys_core::Scope::User,
+            label: label.into(),
+            ttl: xai_keys_core::policy::TtlRequest::Default,
+            secret: None,
+        },
+        &actor(),
+        now,
+    )
+    .unwrap()
+    .info
+    .key_id
+    .to_string()
+}

@@ -12,10 +12,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use xai_keys_core::Scope;
 use xai_keys_core::audit;
-use xai_keys_core::ops::{IssueRequest, KeyManager, RotateRequest};
-use xai_keys_core::policy::TtlRequest;
+use xai_keys_core::ops::{KeyManager, RotateRequest};
 use xai_keys_core::store::{KeyStore, VerifyOptions};
 
 use crate::common::*;
@@ -27,23 +25,6 @@ struct Transition {
     old_log: Vec<u8>,
     new_store: Vec<u8>,
     new_log: Vec<u8>,
-}
-
-fn issue(m: &KeyManager<'_>, label: &str, now: f64) -> String {
-    m.issue(
-        IssueRequest {
-            scope: Scope::User,
-            label: label.into(),
-            ttl: TtlRequest::Default,
-            secret: None,
-        },
-        &actor(),
-        now,
-    )
-    .unwrap()
-    .info
-    .key_id
-    .to_string()
 }
 
 /// Builds a store with three keys, then applies `change` and records both states.

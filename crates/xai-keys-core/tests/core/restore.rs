@@ -3,29 +3,10 @@
 
 use std::io::Write;
 
-use xai_keys_core::Scope;
-use xai_keys_core::ops::{IssueRequest, KeyManager};
-use xai_keys_core::policy::TtlRequest;
+use xai_keys_core::ops::KeyManager;
 use xai_keys_core::store::KeyStore;
 
 use crate::common::*;
-
-fn issue(mgr: &KeyManager<'_>, label: &str, now: f64) -> String {
-    mgr.issue(
-        IssueRequest {
-            scope: Scope::User,
-            label: label.into(),
-            ttl: TtlRequest::Default,
-            secret: None,
-        },
-        &actor(),
-        now,
-    )
-    .unwrap()
-    .info
-    .key_id
-    .to_string()
-}
 
 #[test]
 fn revocations_in_an_unrelated_live_log_are_honoured_whatever_their_timestamps() {

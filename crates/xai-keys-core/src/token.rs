@@ -230,6 +230,12 @@ pub fn key_ids_equal(a: &KeyId, b: &KeyId) -> bool {
     a.digest_bytes().ct_eq(&b.digest_bytes()).into()
 }
 
+/// The first 12 characters of an id-like string for messages, safe on any input (values read
+/// from a tampered file may not be hex, or even ASCII).
+pub fn short(s: &str) -> &str {
+    s.char_indices().nth(12).map_or(s, |(i, _)| &s[..i])
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
@@ -282,6 +288,16 @@ mod tests {
         let t = PlainToken::generate().unwrap();
         let d = format!("{t:?}");
         assert!(!d.contains(&t.expose()[4..20]));
+    }
+
+    #[test]
+    fn short_never_splits_a_character() {
+        assert_eq!(short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(
+            short(&format!("a{}", "é".repeat(20))),
+            format!("a{}", "é".repeat(11))
+        );
     }
 
     #[test]

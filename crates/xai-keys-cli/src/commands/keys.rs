@@ -110,9 +110,9 @@ pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
                 k.state.to_string(),
                 fmt_time(Some(r.created)),
                 fmt_time(r.expires_at),
-                r.replaced_by
-                    .as_deref()
-                    .map_or(String::new(), |s| format!("→{}", &s[..12.min(s.len())])),
+                r.replaced_by.as_deref().map_or(String::new(), |s| {
+                    format!("→{}", xai_keys_core::token::short(s))
+                }),
                 r.label.clone(),
             ]
         })

@@ -1832,3 +1832,24 @@ fn restore_into_a_store_whose_log_is_missing_seeds_the_log_from_the_backup() {
     let (code, rep) = env.verify();
     assert_eq!(code, 0, "{rep}");
 }
+
+/// A tampered log whose last line carries a non-hex, non-ASCII `store_sha256` is reported as a
+/// mismatch, never a panic (messages shorten such values without splitting a character).
+#[test]
+fn non_ascii_values_in_a_tampered_log_give_errors_not_panics() {
+    let env = Env::new();
+    env.issue("user", "a");
+    let log = env.log();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    last["store_sha256"] = serde_json::Value::from(format!("a{}", "é".repeat(40)));
+    std::fs::write(&log, format!("{last}\n")).unwrap();
+    let err = env.fails(&["issue", "--label", "b"], 1);
+    assert!(
+        err.contains("store_mismatch") && !err.contains("panicked"),
+        "{err}"
+    );
+    let out = env.cmd().arg("verify").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}

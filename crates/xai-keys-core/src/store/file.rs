@@ -39,7 +39,7 @@ use super::{
 use crate::audit::{self, Actor, AuditDraft, AuditEvent, EventPage, EventQuery};
 use crate::error::{Error, Result};
 use crate::record::{self, KeyMap, LoadContext, RenderCache};
-use crate::token::sha256_hex;
+use crate::token::{sha256_hex, short};
 
 /// Whether commits fsync. Only benchmarks measuring "excluding fsync" turn it off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -402,10 +402,8 @@ impl FileStore {
                         store: self.store.clone(),
                         detail: format!(
                             "expected store_sha256 {}, found {}",
-                            &want[..12.min(want.len())],
-                            current_digest
-                                .as_deref()
-                                .map_or("no file", |d| &d[..12.min(d.len())])
+                            short(want),
+                            current_digest.as_deref().map_or("no file", short)
                         ),
                     });
                 }
@@ -784,10 +782,7 @@ impl KeyStore for FileStore {
                         "fail",
                         Error::StoreMismatch {
                             store: self.store.clone(),
-                            detail: format!(
-                                "log records store_sha256 {}",
-                                &want[..12.min(want.len())]
-                            ),
+                            detail: format!("log records store_sha256 {}", short(want)),
                         }
                         .to_string(),
                     ),

@@ -175,7 +175,7 @@ pub struct WatchArgs {
     /// Multi-line JSON for people instead of NDJSON.
     #[arg(long)]
     pub pretty: bool,
-    /// Poll interval.
+    /// Poll interval: a duration (`250ms`) or seconds (`0.5`, as the reference).
     #[arg(long, default_value = "250ms", value_name = "DURATION")]
     pub interval: String,
 }

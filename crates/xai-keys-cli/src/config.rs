@@ -11,6 +11,9 @@ use xai_keys_core::store::{FileStore, FileStoreOptions};
 
 use crate::args::{Cli, OutputFormat, TtlArgs};
 
+/// The store used when neither `--store` nor the environment names one (the reference's).
+pub const DEFAULT_STORE: &str = "secure_keys/api_keys.json";
+
 /// Everything a command needs besides its own arguments.
 pub struct Config {
     pub store_path: PathBuf,
@@ -20,15 +23,23 @@ pub struct Config {
 
 impl Config {
     pub fn resolve(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        let store_path = match &cli.store {
-            Some(p) => p.clone(),
-            None => env("XAI_API_KEY_STORE")
+        let configured = cli.store.clone().or_else(|| {
+            env("XAI_API_KEY_STORE")
                 .or_else(|| env("XAI_API_KEY_STORE_PATH"))
                 .filter(|s| !s.trim().is_empty())
-                .map_or_else(|| PathBuf::from("secure_keys/api_keys.json"), PathBuf::from),
-        };
+                .map(PathBuf::from)
+        });
+        let defaulted = configured.is_none();
+        let store_path = configured.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
         let store_path = std::path::absolute(&store_path)
             .with_context(|| format!("cannot resolve store path {}", store_path.display()))?;
+        if defaulted {
+            // The reference silently used whatever store the current directory held.
+            eprintln!(
+                "note: no --store or XAI_API_KEY_STORE given; using {} (relative to the current directory)",
+                store_path.display()
+            );
+        }
         let policy = TtlPolicy::from_lookup(env)?;
         let json = match cli.output {
             OutputFormat::Json => true,
@@ -56,6 +67,15 @@ pub fn parse_duration(what: &str, s: &str) -> Result<Duration> {
     humantime::parse_duration(s.trim()).with_context(|| {
         format!("invalid {what} {s:?}: use a duration such as 30m, 36h, 90d or 2w")
     })
+}
+
+/// Parses a poll interval: a duration (`250ms`) or, as the reference's `--interval`, seconds.
+pub fn parse_interval(s: &str) -> Result<Duration> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Ok(Duration::from_secs_f64(secs)),
+        Ok(_) => bail!("invalid --interval {s:?}: must be positive"),
+        Err(_) => parse_duration("--interval", s),
+    }
 }
 
 /// Folds the TTL flags into a request. Zero or negative lifetimes are errors.
@@ -99,4 +119,18 @@ pub fn parse_since(s: &str, now: f64) -> Result<f64> {
     bail!(
         "invalid --since {s:?}: use an RFC 3339 time (2026-01-31T12:00:00Z), epoch seconds, or a duration ago (2h)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_accept_durations_and_reference_seconds() {
+        assert_eq!(parse_interval("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_interval("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_interval("0").is_err());
+        assert!(parse_interval("-1").is_err());
+        assert!(parse_interval("soon").is_err());
+    }
 }

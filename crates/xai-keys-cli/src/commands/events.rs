@@ -11,7 +11,7 @@ use xai_keys_core::now_epoch;
 use xai_keys_core::store::{FileStore, KeyStore};
 
 use crate::args::{EventsArgs, WatchArgs};
-use crate::config::{Config, parse_duration, parse_since};
+use crate::config::{Config, parse_interval, parse_since};
 use crate::output::{self, fmt_time};
 
 fn row(e: &AuditEvent) -> Vec<String> {
@@ -64,7 +64,7 @@ fn emit(e: &AuditEvent, pretty: bool) -> Result<()> {
 }
 
 pub fn watch(a: WatchArgs, cfg: &Config) -> Result<bool> {
-    let interval = parse_duration("--interval", &a.interval)?.max(Duration::from_millis(20));
+    let interval = parse_interval(&a.interval)?.max(Duration::from_millis(20));
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))

@@ -1853,3 +1853,23 @@ fn non_ascii_values_in_a_tampered_log_give_errors_not_panics() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+/// Without `--store` or the environment, the CWD-relative default is used and said so; a
+/// read-only command still creates nothing there.
+#[test]
+fn the_default_store_is_announced_and_not_created_by_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = base_cmd()
+        .current_dir(dir.path())
+        .args(["-o", "json", "list"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, &["list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no --store or XAI_API_KEY_STORE given")
+            && err.contains("secure_keys/api_keys.json"),
+        "{err}"
+    );
+    assert!(!dir.path().join("secure_keys").exists());
+}

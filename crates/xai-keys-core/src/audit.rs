@@ -206,10 +206,51 @@ pub struct LogHead {
     pub next_prev_hash: String,
     /// `store_sha256` recorded by the last complete line, if it is chained.
     pub store_sha256: Option<String>,
+    /// Set when the tail fails the checks a tail read can make: the last committed line's
+    /// hash or link is wrong, an unchained line follows chained ones, or lines marked
+    /// [`TX_CONTINUES`] at the end are not an intact continuation of the log. Such a tail was
+    /// edited or forged, not cut short by a crash: its `store_sha256` must not be trusted as
+    /// the store's anchor (nor rolled forward to), and its lines must not be removed as torn.
+    pub problem: Option<TailProblem>,
 }
 
-/// Reads the log's tail to find where the chain stands. Reads only the last line unless the log
-/// is unchained there (then the legacy prefix is hashed once, on the first chained append).
+/// An integrity failure found at the end of the log by [`read_head`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailProblem {
+    /// 1-based number of the offending line.
+    pub line: usize,
+    pub problem: String,
+}
+
+/// Longest audit line read into memory. Longer lines are not valid audit lines: tail reads
+/// return them empty (so they are skipped or treated as unparseable), `verify_chain` reports
+/// them, and [`LogFollower`] skips them. A restore line listing a million dropped keys is
+/// about 70 MB, so legitimate lines stay far below this.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// Block size of backward reads.
+const TAIL_BLOCK: usize = 1 << 16;
+
+fn parse_line(bytes: &[u8]) -> Option<AuditEvent> {
+    serde_json::from_slice(bytes).ok()
+}
+
+/// Whether a line's `hash` field matches its content.
+fn hash_ok(obj: &AuditEvent) -> bool {
+    obj.get("hash").and_then(Value::as_str) == Some(line_hash(obj).as_str())
+}
+
+fn str_of<'a>(obj: &'a AuditEvent, k: &str) -> Option<&'a str> {
+    obj.get(k).and_then(Value::as_str)
+}
+
+/// Reads the log's tail to find where the chain stands. Reads only the last lines unless the
+/// log is unchained there (then the legacy prefix is hashed once, on the first chained append).
+///
+/// The last committed line is checked (its hash, and its link to the line before when that one
+/// is chained or it is the first line), and so are the lines of an unfinished commit after it:
+/// a crash leaves intact lines that link to the head, so anything else is reported in
+/// [`LogHead::problem`] instead of being taken for a torn append.
 pub fn read_head(path: &Path) -> Result<LogHead> {
     let mut f = match File::open(path) {
         Ok(f) => f,
@@ -219,6 +260,7 @@ pub fn read_head(path: &Path) -> Result<LogHead> {
                 torn_bytes: 0,
                 next_prev_hash: GENESIS.into(),
                 store_sha256: None,
+                problem: None,
             });
         }
         Err(e) => return Err(Error::io("open audit log", path, e)),
@@ -227,66 +269,151 @@ pub fn read_head(path: &Path) -> Result<LogHead> {
         .metadata()
         .map_err(|e| Error::io("stat audit log", path, e))?
         .len();
-    let mut lines =
-        TailLines::new(&mut f, len).map_err(|e| Error::io("read audit log", path, e))?;
+    let rd = |e| Error::io("read audit log", path, e);
+    let mut lines = TailLines::new(&mut f, len).map_err(rd)?;
     let mut complete_len = lines.complete_len();
-    let mut last = lines
-        .next_line()
-        .map_err(|e| Error::io("read audit log", path, e))?;
-    // Lines of a commit whose last line never arrived are torn too.
+    // Lines of a commit whose last line never arrived are torn too (newest first).
+    let mut open_tail: Vec<(u64, AuditEvent)> = Vec::new();
+    let mut last = lines.next_line().map_err(rd)?;
     while let Some((offset, bytes)) = &last {
-        match serde_json::from_slice::<AuditEvent>(bytes) {
-            Ok(obj) if continues(&obj) => {
+        match parse_line(bytes) {
+            Some(obj) if continues(&obj) => {
                 complete_len = *offset;
-                last = lines
-                    .next_line()
-                    .map_err(|e| Error::io("read audit log", path, e))?;
+                open_tail.push((*offset, obj));
+                last = lines.next_line().map_err(rd)?;
             }
             _ => break,
         }
     }
     let torn_bytes = len - complete_len;
-    let Some((line_no_from_end, bytes)) = last else {
-        return Ok(LogHead {
-            complete_len,
-            torn_bytes,
-            next_prev_hash: if complete_len == 0 {
-                GENESIS.into()
+    // Problem found, with the byte offset of the line it concerns.
+    let mut problem: Option<(u64, String)> = None;
+    let (next_prev_hash, store_sha256) = match last {
+        None => (
+            if complete_len == 0 {
+                GENESIS.to_string()
             } else {
                 hash_prefix(path, complete_len)?
             },
-            store_sha256: None,
-        });
+            None,
+        ),
+        Some((offset, bytes)) => match parse_line(&bytes) {
+            Some(obj) if is_chained(&obj) => {
+                let Some(hash) = str_of(&obj, "hash").map(str::to_string) else {
+                    return Err(Error::CorruptLog {
+                        path: path.to_path_buf(),
+                        line: line_number(path, offset)?,
+                        problem: "the last line has prev_hash but no hash".into(),
+                    });
+                };
+                if !hash_ok(&obj) {
+                    problem = Some((
+                        offset,
+                        "hash does not match the line's content (the line was edited)".into(),
+                    ));
+                } else {
+                    let want_prev = match lines.next_line().map_err(rd)? {
+                        None => Some(GENESIS.to_string()),
+                        Some((prev_off, prev)) => match parse_line(&prev) {
+                            Some(p) if is_chained(&p) => str_of(&p, "hash").map(str::to_string),
+                            // A legacy predecessor: linked through the prefix hash, which
+                            // only `verify` computes.
+                            Some(_) => None,
+                            None if prev.iter().all(u8::is_ascii_whitespace) => None,
+                            None => {
+                                problem = Some((prev_off, "line is not valid JSON".into()));
+                                None
+                            }
+                        },
+                    };
+                    if let Some(want) = want_prev
+                        && str_of(&obj, "prev_hash") != Some(want.as_str())
+                    {
+                        problem = Some((
+                            offset,
+                            "prev_hash does not link to the previous line (a line was deleted, inserted or reordered)".into(),
+                        ));
+                    }
+                }
+                let anchor = str_of(&obj, "store_sha256").map(str::to_string);
+                (hash, anchor)
+            }
+            // Legacy (or blank/unparseable) last line: the chain starts after everything so
+            // far, unless it had started already (then this line was inserted or edited).
+            _ => {
+                if chain_started_before(&mut lines).map_err(rd)? {
+                    problem = Some((
+                        offset,
+                        "line without chain fields after the chain started (inserted or edited)"
+                            .into(),
+                    ));
+                }
+                (hash_prefix(path, complete_len)?, None)
+            }
+        },
     };
-    let _ = line_no_from_end;
-    let parsed: Option<AuditEvent> = serde_json::from_slice(&bytes).ok();
-    match parsed {
-        Some(obj) if is_chained(&obj) => {
-            let hash = obj.get("hash").and_then(Value::as_str).map(str::to_string);
-            let Some(hash) = hash else {
-                return Err(Error::CorruptLog {
-                    path: path.to_path_buf(),
-                    line: 0,
-                    problem: "the last line has prev_hash but no hash".into(),
-                });
-            };
-            Ok(LogHead {
-                complete_len,
-                torn_bytes,
-                next_prev_hash: hash,
-                store_sha256: obj
-                    .get("store_sha256")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-            })
+    // The unfinished commit's lines must continue the chain from the head, intact.
+    let mut expected_prev = next_prev_hash.clone();
+    for (offset, obj) in open_tail.iter().rev() {
+        if problem.is_some() {
+            break;
         }
-        // Legacy (or blank/unparseable) last line: the chain starts after everything so far.
-        _ => Ok(LogHead {
-            complete_len,
-            torn_bytes,
-            next_prev_hash: hash_prefix(path, complete_len)?,
-            store_sha256: None,
+        if str_of(obj, "prev_hash") != Some(expected_prev.as_str()) || !hash_ok(obj) {
+            problem = Some((
+                *offset,
+                format!(
+                    "a line marked {TX_CONTINUES} at the end of the log is not an intact continuation of the chain (edited or forged), so it is not removed as an interrupted append"
+                ),
+            ));
+            break;
+        }
+        expected_prev = str_of(obj, "hash").unwrap_or_default().to_string();
+    }
+    let problem = match problem {
+        Some((offset, problem)) => Some(TailProblem {
+            line: line_number(path, offset)?,
+            problem,
         }),
+        None => None,
+    };
+    Ok(LogHead {
+        complete_len,
+        torn_bytes,
+        next_prev_hash,
+        store_sha256,
+        problem,
+    })
+}
+
+/// Whether any line before the tail reader's position is chained (reads backwards; only lines
+/// that mention a hash are parsed).
+fn chain_started_before(lines: &mut TailLines<'_>) -> std::io::Result<bool> {
+    while let Some((_, bytes)) = lines.next_line()? {
+        let mentions_hash = bytes.windows(6).any(|w| w == b"\"hash\"")
+            || bytes.windows(11).any(|w| w == b"\"prev_hash\"");
+        if mentions_hash && parse_line(&bytes).is_some_and(|o| is_chained(&o)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// 1-based number of the line starting at byte `offset` (counts newlines before it; used on
+/// error paths only).
+fn line_number(path: &Path, offset: u64) -> Result<usize> {
+    let f = File::open(path).map_err(|e| Error::io("open audit log", path, e))?;
+    let mut r = BufReader::with_capacity(1 << 16, f.take(offset));
+    let mut n = 1usize;
+    loop {
+        let buf = r
+            .fill_buf()
+            .map_err(|e| Error::io("read audit log", path, e))?;
+        if buf.is_empty() {
+            return Ok(n);
+        }
+        n += buf.iter().filter(|&&b| b == b'\n').count();
+        let k = buf.len();
+        r.consume(k);
     }
 }
 
@@ -307,7 +434,10 @@ fn hash_prefix(path: &Path, len: u64) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-/// Reads complete lines backwards from the end of a file, in 64 KiB blocks.
+/// Reads complete lines backwards from the end of a file, in blocks.
+///
+/// Memory is bounded by [`MAX_LINE_BYTES`] (a longer line is returned empty) and time is
+/// linear in the bytes read, however long the lines or the torn fragment at the end are.
 pub struct TailLines<'a> {
     f: &'a mut File,
     /// File bytes `[0, pos)` are not yet read.
@@ -315,45 +445,66 @@ pub struct TailLines<'a> {
     /// Bytes read but not yet returned, ending at `pos + buf.len()`.
     buf: Vec<u8>,
     complete_len: u64,
+    max_line: usize,
 }
 
 impl<'a> TailLines<'a> {
     /// Starts at `len`; anything after the last newline (a torn append) is skipped.
     pub fn new(f: &'a mut File, len: u64) -> std::io::Result<Self> {
+        Self::with_max_line(f, len, MAX_LINE_BYTES)
+    }
+
+    fn with_max_line(f: &'a mut File, len: u64, max_line: usize) -> std::io::Result<Self> {
         let mut t = TailLines {
             f,
             pos: len,
             buf: Vec::new(),
-            complete_len: len,
+            complete_len: 0,
+            max_line,
         };
-        // Find the last newline; bytes after it are a torn, uncommitted fragment.
-        loop {
-            if let Some(i) = t.buf.iter().rposition(|&b| b == b'\n') {
-                t.complete_len = t.pos + i as u64 + 1;
-                t.buf.truncate(i + 1);
-                break;
-            }
-            if t.pos == 0 {
-                t.complete_len = 0;
-                t.buf.clear();
-                break;
-            }
-            t.fill()?;
-        }
+        // Find the last newline; bytes after it are a torn, uncommitted fragment (scanned,
+        // not kept: it may be arbitrarily long).
+        t.complete_len = t.skip_back_to_newline()?;
         Ok(t)
+    }
+
+    /// Reads backwards from `pos` to the nearest newline, discarding what it passes. Leaves
+    /// `buf` holding the bytes from `pos` through that newline and returns the offset just
+    /// after it (0 when there is none).
+    fn skip_back_to_newline(&mut self) -> std::io::Result<u64> {
+        self.buf.clear();
+        while self.pos > 0 {
+            let start = self.pos.saturating_sub(TAIL_BLOCK as u64);
+            let mut block = self.read_block(start)?;
+            self.pos = start;
+            if let Some(i) = block.iter().rposition(|&b| b == b'\n') {
+                block.truncate(i + 1);
+                self.buf = block;
+                return Ok(start + i as u64 + 1);
+            }
+        }
+        Ok(0)
+    }
+
+    /// Reads `[start, pos)`.
+    fn read_block(&mut self, start: u64) -> std::io::Result<Vec<u8>> {
+        let n = usize::try_from(self.pos - start).unwrap_or(0);
+        let mut chunk = vec![0u8; n];
+        self.f.seek(SeekFrom::Start(start))?;
+        self.f.read_exact(&mut chunk)?;
+        Ok(chunk)
     }
 
     pub fn complete_len(&self) -> u64 {
         self.complete_len
     }
 
+    /// Prepends the previous block. Blocks grow with the buffer, so reading a long line costs
+    /// linear, not quadratic, time.
     fn fill(&mut self) -> std::io::Result<()> {
-        let step = 1u64 << 16;
+        let step = TAIL_BLOCK.max(self.buf.len()) as u64;
         let start = self.pos.saturating_sub(step);
-        let n = usize::try_from(self.pos - start).unwrap_or(0);
-        let mut chunk = vec![0u8; n];
-        self.f.seek(SeekFrom::Start(start))?;
-        self.f.read_exact(&mut chunk)?;
+        let mut chunk = self.read_block(start)?;
         chunk.extend_from_slice(&self.buf);
         self.buf = chunk;
         self.pos = start;
@@ -361,7 +512,7 @@ impl<'a> TailLines<'a> {
     }
 
     /// The previous complete line (without its newline) and its byte offset, or `None` at the
-    /// start of the file.
+    /// start of the file. A line longer than the maximum is returned empty.
     pub fn next_line(&mut self) -> std::io::Result<Option<(u64, Vec<u8>)>> {
         // buf always ends with '\n' (or is empty).
         loop {
@@ -384,6 +535,11 @@ impl<'a> TailLines<'a> {
                     let line = self.buf[..end].to_vec();
                     self.buf.clear();
                     return Ok(Some((0, line)));
+                }
+                None if end > self.max_line => {
+                    // Too long to keep: find where it starts without holding it.
+                    let off = self.skip_back_to_newline()?;
+                    return Ok(Some((off, Vec::new())));
                 }
                 None => self.fill()?,
             }
@@ -561,25 +717,86 @@ impl LogFollower {
         }
         f.seek(SeekFrom::Start(self.offset))
             .map_err(|e| Error::io("seek audit log", &self.path, e))?;
-        let mut buf = Vec::new();
-        f.take(meta.len() - self.offset)
-            .read_to_end(&mut buf)
-            .map_err(|e| Error::io("read audit log", &self.path, e))?;
-        let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') else {
-            return Ok(batch);
-        };
-        let mut pos = self.offset;
-        for line in buf[..last_nl].split(|&b| b == b'\n') {
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                match serde_json::from_slice::<AuditEvent>(line) {
+        let mut r = BufReader::with_capacity(1 << 16, f.take(meta.len() - self.offset));
+        let mut consumed = 0u64;
+        let mut line = Vec::new();
+        while consumed < POLL_BUDGET {
+            let bl = read_line_bounded(&mut r, &mut line, MAX_LINE_BYTES)
+                .map_err(|e| Error::io("read audit log", &self.path, e))?;
+            if !bl.complete {
+                break; // nothing more, or a line still being written
+            }
+            let pos = self.offset + consumed;
+            consumed += bl.consumed;
+            if bl.oversized {
+                batch.skipped.push(pos);
+                continue;
+            }
+            let body = &line[..line.len() - 1];
+            if !body.iter().all(u8::is_ascii_whitespace) {
+                match serde_json::from_slice::<AuditEvent>(body) {
                     Ok(obj) => batch.events.push(obj),
                     Err(_) => batch.skipped.push(pos),
                 }
             }
-            pos += line.len() as u64 + 1;
         }
-        self.offset += last_nl as u64 + 1;
+        self.offset += consumed;
         Ok(batch)
+    }
+}
+
+/// Bytes of lines one [`LogFollower::poll`] reads at most (plus one line): a follower that
+/// starts at the beginning of a huge log catches up over several polls.
+const POLL_BUDGET: u64 = 16 << 20;
+
+/// What [`read_line_bounded`] read.
+struct BoundedLine {
+    /// Bytes consumed from the reader (0 at the end).
+    consumed: u64,
+    /// The line ended with a newline (else the reader ended first: a partial line).
+    complete: bool,
+    /// The line was longer than the limit: it was consumed but not kept.
+    oversized: bool,
+}
+
+/// Reads one line into `line` (with its newline), keeping at most `max` bytes: a longer line
+/// is consumed up to its newline without being stored, and `line` is left empty.
+fn read_line_bounded(
+    r: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<BoundedLine> {
+    line.clear();
+    let n = r.by_ref().take(max as u64 + 1).read_until(b'\n', line)? as u64;
+    if line.last() == Some(&b'\n') || n <= max as u64 {
+        return Ok(BoundedLine {
+            consumed: n,
+            complete: line.last() == Some(&b'\n'),
+            oversized: false,
+        });
+    }
+    line.clear();
+    let mut consumed = n;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(BoundedLine {
+                consumed,
+                complete: false,
+                oversized: true,
+            });
+        }
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            r.consume(i + 1);
+            return Ok(BoundedLine {
+                consumed: consumed + i as u64 + 1,
+                complete: true,
+                oversized: true,
+            });
+        }
+        let k = buf.len();
+        consumed += k as u64;
+        r.consume(k);
     }
 }
 
@@ -606,7 +823,15 @@ pub fn verify_chain(path: &Path) -> Result<ChainReport> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ChainReport::default()),
         Err(e) => return Err(Error::io("open audit log", path, e)),
     };
-    let mut r = BufReader::with_capacity(1 << 16, f);
+    verify_chain_from(BufReader::with_capacity(1 << 16, f), path)
+}
+
+/// [`verify_chain`] over log bytes already in memory (`path` names them in errors).
+pub fn verify_chain_bytes(log: &[u8], path: &Path) -> Result<ChainReport> {
+    verify_chain_from(log, path)
+}
+
+fn verify_chain_from(mut r: impl BufRead, path: &Path) -> Result<ChainReport> {
     let mut rep = ChainReport::default();
     let mut prefix = Sha256::new();
     let mut prefix_len = 0u64;
@@ -615,19 +840,26 @@ pub fn verify_chain(path: &Path) -> Result<ChainReport> {
     let mut open_commit_bytes = 0u64;
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let n = r
-            .read_until(b'\n', &mut line)
+        let bl = read_line_bounded(&mut r, &mut line, MAX_LINE_BYTES)
             .map_err(|e| Error::io("read audit log", path, e))?;
-        if n == 0 {
+        if bl.consumed == 0 {
             break;
         }
-        if line.last() != Some(&b'\n') {
-            rep.torn_bytes = n as u64;
+        if !bl.complete {
+            rep.torn_bytes = bl.consumed;
             break;
         }
         rep.lines += 1;
         let no = rep.lines;
+        if bl.oversized {
+            if rep.first_error.is_none() {
+                rep.first_error = Some((
+                    no,
+                    format!("line is longer than {MAX_LINE_BYTES} bytes (not an audit line)"),
+                ));
+            }
+            continue;
+        }
         let body = &line[..line.len() - 1];
         let parsed: Option<AuditEvent> = serde_json::from_slice(body).ok();
         let fail = |rep: &mut ChainReport, why: String| {
@@ -832,6 +1064,56 @@ mod tests {
         let b = f.poll().unwrap();
         assert!(b.reset.is_some());
         assert_eq!(b.events.len(), 2);
+    }
+
+    /// Lines longer than the limit come back empty, at their own offsets, wherever they are;
+    /// the others come back intact.
+    #[test]
+    fn tail_lines_skip_oversized_lines_at_the_right_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let long = |c: u8, n: usize| vec![c; n];
+        let lines: Vec<Vec<u8>> = vec![
+            long(b'a', 300_000),
+            b"short".to_vec(),
+            long(b'b', 70_000),
+            long(b'c', 10),
+            b"".to_vec(),
+            long(b'd', 200_001),
+        ];
+        let mut text = Vec::new();
+        let mut offsets = Vec::new();
+        for l in &lines {
+            offsets.push(text.len() as u64);
+            text.extend_from_slice(l);
+            text.push(b'\n');
+        }
+        text.extend_from_slice(&long(b'e', 150_000)); // torn
+        std::fs::write(&p, &text).unwrap();
+        let mut f = File::open(&p).unwrap();
+        let len = text.len() as u64;
+        let mut t = TailLines::with_max_line(&mut f, len, 100_000).unwrap();
+        assert_eq!(t.complete_len(), len - 150_000);
+        let mut got = Vec::new();
+        while let Some(x) = t.next_line().unwrap() {
+            got.push(x);
+        }
+        got.reverse();
+        let want: Vec<(u64, Vec<u8>)> = lines
+            .iter()
+            .zip(&offsets)
+            .map(|(l, o)| {
+                (
+                    *o,
+                    if l.len() > 100_000 {
+                        Vec::new()
+                    } else {
+                        l.clone()
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -114,10 +114,35 @@ pub(crate) fn backup_file_store(
     Ok(manifest)
 }
 
+/// Largest `manifest.json` read.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Reads a backup file that must be a regular file of at most `max` bytes (a link to a device
+/// or a FIFO, or an oversized file, is refused instead of being read without bound).
+fn read_backup_file(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = fs::metadata(path).map_err(|e| Error::io("read backup file", path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(backup_err(path, "is not a regular file"));
+    }
+    let f = fs::File::open(path).map_err(|e| Error::io("read backup file", path, e))?;
+    let mut out = Vec::new();
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| Error::io("read backup file", path, e))?;
+    if out.len() as u64 > max {
+        return Err(backup_err(
+            path,
+            format!("is larger than expected ({max} bytes): the backup is damaged or was modified"),
+        ));
+    }
+    Ok(out)
+}
+
 /// Reads and checks a backup: manifest, sums, store parse, log chain.
 fn read_backup(from: &Path, now: f64) -> Result<(BackupManifest, KeyMap, Vec<u8>)> {
     let mpath = from.join(MANIFEST);
-    let mbytes = fs::read(&mpath).map_err(|e| Error::io("read backup manifest", &mpath, e))?;
+    let mbytes = read_backup_file(&mpath, MAX_MANIFEST_BYTES)?;
     let manifest: BackupManifest = serde_json::from_slice(&mbytes)
         .map_err(|e| backup_err(&mpath, format!("manifest is not valid: {e}")))?;
     if manifest.format != FORMAT {
@@ -139,8 +164,8 @@ fn read_backup(from: &Path, now: f64) -> Result<(BackupManifest, KeyMap, Vec<u8>
     }
     let spath = from.join(&manifest.store_file);
     let lpath = from.join(&manifest.log_file);
-    let store = fs::read(&spath).map_err(|e| Error::io("read backup store", &spath, e))?;
-    let log = fs::read(&lpath).map_err(|e| Error::io("read backup log", &lpath, e))?;
+    let store = read_backup_file(&spath, manifest.store_bytes)?;
+    let log = read_backup_file(&lpath, manifest.log_bytes)?;
     if sha256_hex(&store) != manifest.store_sha256 || store.len() as u64 != manifest.store_bytes {
         return Err(backup_err(
             &spath,
@@ -161,11 +186,31 @@ fn read_backup(from: &Path, now: f64) -> Result<(BackupManifest, KeyMap, Vec<u8>
             default_ttl_secs: 90.0 * 86_400.0,
         },
     )?;
-    let chain = audit::verify_chain(&lpath)?;
+    let chain = audit::verify_chain_bytes(&log, &lpath)?;
     if let Some((line, why)) = chain.first_error {
         return Err(backup_err(
             &lpath,
             format!("audit chain broken at line {line}: {why}"),
+        ));
+    }
+    // A backup holds the complete part of the log and the store that part records: anything
+    // else was not written by `backup` (a restore plans from where the backup's log ends, so
+    // a store from another moment could bring back keys revoked in between).
+    if chain.torn_bytes > 0 {
+        return Err(backup_err(
+            &lpath,
+            "ends with an incomplete commit, which a backup never contains",
+        ));
+    }
+    if let Some(want) = &chain.last_store_sha256
+        && *want != manifest.store_sha256
+    {
+        return Err(backup_err(
+            &spath,
+            format!(
+                "is not the state its audit log records (store_sha256 {} expected): the backup was not made by `xai-keys backup` or was modified",
+                crate::token::short(want)
+            ),
         ));
     }
     Ok((manifest, keys, log))

@@ -89,8 +89,15 @@ impl TtlPolicy {
             }
         };
         let clamped = secs > self.max_ttl_secs;
+        let at = created + secs.min(self.max_ttl_secs);
+        // JSON has no infinity: an infinite expiry would be stored as `null`, i.e. permanent.
+        if !at.is_finite() {
+            return Err(Error::InvalidTtl(format!(
+                "an expiry {secs} seconds after {created} is out of range"
+            )));
+        }
         Ok(Expiry {
-            expires_at: Some(created + secs.min(self.max_ttl_secs)),
+            expires_at: Some(at),
             clamped,
         })
     }
@@ -109,11 +116,11 @@ fn parse_positive_days(
         value: raw.clone(),
         reason: "expected a number of days".into(),
     })?;
-    if !v.is_finite() || v <= 0.0 {
+    if !v.is_finite() || v <= 0.0 || !(v * DAY).is_finite() {
         return Err(Error::InvalidConfig {
             var: var.into(),
             value: raw,
-            reason: "must be a positive number of days".into(),
+            reason: "must be a positive number of days (small enough to count in seconds)".into(),
         });
     }
     Ok(v)
@@ -172,6 +179,26 @@ mod tests {
         ));
         assert!(matches!(
             p.expiry(0.0, TtlRequest::Seconds(f64::NAN)),
+            Err(Error::InvalidTtl(_))
+        ));
+    }
+
+    /// Days that overflow to an infinite number of seconds used to give keys an infinite
+    /// `expires_at`, which JSON stores as `null`: reloaded, the key was permanent although
+    /// permanent keys were not allowed.
+    #[test]
+    fn ttl_days_too_large_for_seconds_are_refused_and_expiry_stays_finite() {
+        for var in ["XAI_API_KEY_DEFAULT_TTL_DAYS", "XAI_API_KEY_MAX_TTL_DAYS"] {
+            let err = TtlPolicy::from_lookup(env(&[(var, "1e307")])).unwrap_err();
+            assert!(err.to_string().contains(var), "{err}");
+        }
+        let p = TtlPolicy {
+            default_ttl_secs: f64::MAX,
+            max_ttl_secs: f64::MAX,
+            allow_permanent: false,
+        };
+        assert!(matches!(
+            p.expiry(f64::MAX, TtlRequest::Default),
             Err(Error::InvalidTtl(_))
         ));
     }

@@ -3,9 +3,12 @@
 //! Commit protocol (documented in `docs/ARCHITECTURE.md`), all under an exclusive `flock` on
 //! `<store>.lock` plus an in-process mutex:
 //!
-//! 1. Recover: drop a torn final log line (an append that never completed), and if the store's
-//!    SHA-256 differs from the `store_sha256` of the last log line, roll forward from
-//!    `<store>.pending` when its digest matches, else refuse (`StoreMismatch`).
+//! 1. Recover: drop a torn final log line (an append that never completed, including intact
+//!    `tx_continues` lines that link to the head), and if the store's SHA-256 differs from the
+//!    `store_sha256` of the last log line, roll forward from `<store>.pending` (a regular file,
+//!    never a link) when its digest matches, else refuse (`StoreMismatch`). A tail that fails
+//!    its checks (`audit::LogHead::problem`: edited, forged or inserted lines) is not a crash's
+//!    work: nothing is removed or rolled forward, and writers refuse (`CorruptLog`).
 //! 2. Re-read the store (or reuse the cached parse when its inode, size, mtime and ctime are
 //!    unchanged), apply the change, render the new file (a long-running process re-serialises
 //!    only the records that changed: `record::RenderCache`).
@@ -129,6 +132,19 @@ struct Recovered {
     drafts: Vec<AuditDraft>,
     /// Messages for the operator.
     notes: Vec<String>,
+}
+
+/// Who runs recovery, which decides what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A commit on the live store: a store that is not the recorded state is refused.
+    Live,
+    /// `verify --adopt`: the live store is accepted as it is.
+    Adopt,
+    /// A restore: the store is replaced, so its state does not matter.
+    Replace,
+    /// A reader, `verify` or `backup`: completes or discards an interrupted commit only.
+    Reader,
 }
 
 /// What the base of a commit is.
@@ -300,7 +316,16 @@ impl FileStore {
                 rendered: RenderCache::default(),
             });
         }
-        let bytes = fs::read(&self.store).map_err(|e| Error::io("read store", &self.store, e))?;
+        // The stamp kept is the one of the file actually read (it may have been replaced
+        // since the stat above).
+        let Some((stamp, bytes)) = read_with_stamp(&self.store)? else {
+            return Ok(Current {
+                keys: KeyMap::new(),
+                digest: None,
+                stamp: None,
+                rendered: RenderCache::default(),
+            });
+        };
         let (keys, digest) = parse_and_digest(&bytes, &self.store, self.ctx(now))?;
         Ok(Current {
             keys,
@@ -311,16 +336,39 @@ impl FileStore {
     }
 
     /// Step 1 of the protocol, under the lock. Returns the live state and recovery notes.
-    fn recover(
-        &self,
-        cache: &mut Option<Cached>,
-        now: f64,
-        base_is_live: bool,
-        adopt: bool,
-    ) -> Result<Recovered> {
+    fn recover(&self, cache: &mut Option<Cached>, now: f64, mode: Mode) -> Result<Recovered> {
         let mut notes = Vec::new();
         let mut drafts = Vec::new();
         let mut head = audit::read_head(&self.log)?;
+        // An edited or forged tail (not something a crash leaves): its anchor is not trusted,
+        // nothing is rolled forward to it and none of its lines is removed as torn. Only a
+        // restore (which replaces the store and plans from the log's lines) goes ahead.
+        if let Some(p) = &head.problem
+            && mode != Mode::Replace
+        {
+            if mode == Mode::Live
+                && let Some(want) = &head.store_sha256
+            {
+                *cache = None;
+                let bytes = fsutil::read_optional(&self.store)?;
+                let got = bytes.as_deref().map(sha256_hex);
+                if got.as_deref() != Some(want.as_str()) {
+                    return Err(self.mismatch(
+                        want,
+                        got.as_deref(),
+                        bytes.as_deref(),
+                        now,
+                        &format!("; the log's line {} also fails: {}", p.line, p.problem),
+                    ));
+                }
+            }
+            return Err(Error::CorruptLog {
+                path: self.log.clone(),
+                line: p.line,
+                problem: p.problem.clone(),
+            });
+        }
+        let tail_trusted = head.problem.is_none();
         if head.torn_bytes > 0 {
             let f = fs::OpenOptions::new()
                 .write(true)
@@ -349,37 +397,36 @@ impl FileStore {
         // bytes below (a CLI commit would otherwise read and hash it twice).
         let mut preread: Option<PreRead> = None;
         let mut digest_of_store = || -> Result<Option<String>> {
-            let meta = match fs::metadata(&self.store) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::io("stat store", &self.store, e)),
+            let Some((stamp, bytes)) = read_with_stamp(&self.store)? else {
+                return Ok(None);
             };
-            let bytes =
-                fs::read(&self.store).map_err(|e| Error::io("read store", &self.store, e))?;
             let digest = sha256_hex(&bytes);
             preread = Some(PreRead {
-                stamp: FileStamp::of(&meta),
+                stamp,
                 bytes,
                 digest: digest.clone(),
             });
             Ok(Some(digest))
         };
-        let pending_matches = |want: &str| -> Result<bool> {
-            Ok(fsutil::read_optional(&self.pending)?.is_some_and(|b| sha256_hex(&b) == want))
-        };
         if let Some(want) = &expected {
-            // Cheap path first: the cached digest if the file is unchanged.
+            // Cheap path first: the cached digest if the file is unchanged. A stamp can repeat
+            // (a reused inode, same size, timestamps within one clock tick), so a cached
+            // digest that is not the recorded one proves nothing: read the file then.
             let current_digest = match cache.as_ref() {
                 Some(c)
-                    if fs::metadata(&self.store).ok().map(|m| FileStamp::of(&m))
-                        == Some(c.stamp) =>
+                    if c.digest == *want
+                        && fs::metadata(&self.store).ok().map(|m| FileStamp::of(&m))
+                            == Some(c.stamp) =>
                 {
                     Some(c.digest.clone())
                 }
-                _ => digest_of_store()?,
+                _ => {
+                    *cache = None;
+                    digest_of_store()?
+                }
             };
             if current_digest.as_deref() != Some(want.as_str()) {
-                if pending_matches(want)? {
+                if tail_trusted && self.pending_matches(want)? {
                     fs::rename(&self.pending, &self.store)
                         .map_err(|e| Error::io("roll forward pending store", &self.pending, e))?;
                     if self.sync() {
@@ -391,30 +438,26 @@ impl FileStore {
                         "completed an interrupted change: the audit log recorded it, {} now matches",
                         self.store.display()
                     ));
-                } else if !adopt && base_is_live {
+                } else if mode == Mode::Live {
                     *cache = None;
-                    // A store that does not even parse is reported as corrupt, with the line
-                    // and column of the problem, rather than as a mere mismatch.
-                    if let Some(bytes) = fsutil::read_optional(&self.store)? {
-                        record::parse_store(&bytes, &self.store, self.ctx(now))?;
-                    }
-                    return Err(Error::StoreMismatch {
-                        store: self.store.clone(),
-                        detail: format!(
-                            "expected store_sha256 {}, found {}",
-                            short(want),
-                            current_digest.as_deref().map_or("no file", short)
-                        ),
-                    });
+                    let bytes = fsutil::read_optional(&self.store)?;
+                    return Err(self.mismatch(
+                        want,
+                        current_digest.as_deref(),
+                        bytes.as_deref(),
+                        now,
+                        "",
+                    ));
                 }
             }
         }
-        // Anything left in .pending was never committed.
-        if self.pending.exists() {
+        // Anything left in .pending was never committed (a symbolic link is removed, never
+        // followed).
+        if fs::symlink_metadata(&self.pending).is_ok() {
             fs::remove_file(&self.pending)
                 .map_err(|e| Error::io("remove stale pending file", &self.pending, e))?;
         }
-        let current = if base_is_live {
+        let current = if matches!(mode, Mode::Live | Mode::Adopt) {
             Some(self.read_current(cache, now, preread)?)
         } else {
             None
@@ -425,6 +468,53 @@ impl FileStore {
             drafts,
             notes,
         })
+    }
+
+    /// Whether `<store>.pending` is a regular file (not a link to one) with SHA-256 `want`.
+    fn pending_matches(&self, want: &str) -> Result<bool> {
+        match fs::symlink_metadata(&self.pending) {
+            Ok(m) if m.file_type().is_file() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("stat pending store", &self.pending, e)),
+        }
+        Ok(fsutil::read_optional(&self.pending)?.is_some_and(|b| sha256_hex(&b) == want))
+    }
+
+    /// A store that xai-keys wrote, with no chained audit line to anchor it.
+    fn unanchored(&self) -> Error {
+        Error::StoreMismatch {
+            store: self.store.clone(),
+            detail: format!(
+                "it holds keys issued by xai-keys but {} has no chained line: the audit log was emptied, deleted or replaced (after a log rotation, accept the store with `verify --adopt`)",
+                self.log.display()
+            ),
+        }
+    }
+
+    /// The error for a store that is not the state the log records: a store that does not
+    /// even parse is reported as corrupt, with the line and column of the problem.
+    fn mismatch(
+        &self,
+        want: &str,
+        got: Option<&str>,
+        bytes: Option<&[u8]>,
+        now: f64,
+        more: &str,
+    ) -> Error {
+        if let Some(b) = bytes
+            && let Err(e) = record::parse_store(b, &self.store, self.ctx(now))
+        {
+            return e;
+        }
+        Error::StoreMismatch {
+            store: self.store.clone(),
+            detail: format!(
+                "expected store_sha256 {}, found {}{more}",
+                short(want),
+                got.map_or("no file", short)
+            ),
+        }
     }
 
     fn commit_with(
@@ -450,14 +540,31 @@ impl FileStore {
     ) -> Result<CommitInfo> {
         let mut warnings = Vec::new();
         check_all(&[&self.dir, &self.store, &self.log], &mut warnings)?;
-        let base_is_live = !matches!(base, Base::Replace(_));
         let Recovered {
             head,
             current,
             mut drafts,
             notes,
-        } = self.recover(cache, now, base_is_live, matches!(base, Base::Adopt))?;
+        } = self.recover(
+            cache,
+            now,
+            match base {
+                Base::Live => Mode::Live,
+                Base::Adopt => Mode::Adopt,
+                Base::Replace(_) => Mode::Replace,
+            },
+        )?;
         warnings.extend(notes);
+        // A store xai-keys wrote always has a chained line behind it. Without one the log was
+        // emptied or deleted; writing now would start a fresh chain and hide the erasure.
+        let live = matches!(base, Base::Live);
+        if live
+            && head.store_sha256.is_none()
+            && current.as_ref().is_some_and(|c| written_by_us(&c.keys))
+        {
+            *cache = None;
+            return Err(self.unanchored());
+        }
         let (mut keys, mut rendered) = match (base, current) {
             (Base::Replace(m), _) => (m, RenderCache::default()),
             (_, Some(c)) => (c.keys, c.rendered),
@@ -479,7 +586,7 @@ impl FileStore {
         let (written, digest) = with_digest(
             &bytes,
             |b| rendered.digest(b),
-            || fsutil::write_new(&self.pending, &bytes, self.sync()),
+            || fsutil::write_exclusive(&self.pending, &bytes, self.sync()),
         );
         // The pending file's directory entry must be durable before the commit point, or a
         // crash could leave a committed log with nothing to roll forward from.
@@ -577,7 +684,7 @@ impl FileStore {
         let mut cache = self.cache();
         let res = self
             .lock_file()
-            .and_then(|_lock| self.recover(&mut cache, now, false, false));
+            .and_then(|_lock| self.recover(&mut cache, now, Mode::Reader));
         match res {
             Ok(r) => warnings.extend(r.notes),
             Err(e) => warnings.push(format!("could not complete an interrupted change: {e}")),
@@ -614,19 +721,46 @@ impl KeyStore for FileStore {
         let mut warnings = Vec::new();
         self.recover_if_pending(now, &mut warnings);
         check_all(&[&self.store, &self.log], &mut warnings)?;
+        // Cheap tamper check (a tail read): the store should be what the log last recorded.
+        let head = audit::read_head(&self.log);
+        let want = head.as_ref().ok().and_then(|h| h.store_sha256.clone());
         let mut cache = self.cache();
+        // A cached parse is reused only while the file's stamp is unchanged, and a stamp can
+        // repeat (a reused inode, same size, timestamps within one clock tick): one whose
+        // digest is not the recorded state may be stale, so the file is read again.
+        if let (Some(c), Some(w)) = (cache.as_ref(), &want)
+            && c.digest != *w
+        {
+            *cache = None;
+        }
         let cur = self.read_current(&mut cache, now, None)?;
         let exists = cur.stamp.is_some();
         Self::hydration_warnings(&cur.keys, &mut warnings);
-        // Cheap tamper check (a tail read): the store should be what the log last recorded.
-        if let Ok(head) = audit::read_head(&self.log)
-            && let Some(want) = head.store_sha256
-            && cur.digest.as_deref() != Some(want.as_str())
-        {
-            warnings.push(format!(
-                "{} is not the state recorded by the last audit line (changed outside xai-keys, or the log was truncated); run `xai-keys verify`",
-                self.store.display()
-            ));
+        match &head {
+            Ok(h) if h.problem.is_some() => {
+                if let Some(p) = &h.problem {
+                    warnings.push(format!(
+                        "audit log {} line {}: {}; the store cannot be checked against it. Run `xai-keys verify`",
+                        self.log.display(),
+                        p.line,
+                        p.problem
+                    ));
+                }
+            }
+            Ok(_) if want.is_none() && written_by_us(&cur.keys) => {
+                warnings.push(format!("{}; run `xai-keys verify`", self.unanchored()));
+            }
+            Ok(_) => {
+                if let Some(w) = &want
+                    && cur.digest.as_deref() != Some(w.as_str())
+                {
+                    warnings.push(format!(
+                        "{} is not the state recorded by the last audit line (changed outside xai-keys, or the log was truncated); run `xai-keys verify`",
+                        self.store.display()
+                    ));
+                }
+            }
+            Err(e) => warnings.push(format!("cannot read the audit log's tail: {e}")),
         }
         // A cache hit implies an earlier call (only calls that set `served` fill the cache), so
         // a hit is always put back; a first load hands its parse over without copying it.
@@ -716,6 +850,7 @@ impl KeyStore for FileStore {
         // Store
         let bytes = fsutil::read_optional(&self.store);
         let mut keys_n = 0;
+        let mut ours = false;
         let mut store_digest = None;
         match bytes {
             Ok(None) => push(
@@ -728,6 +863,7 @@ impl KeyStore for FileStore {
                 match record::parse_store(&b, &self.store, self.ctx(now)) {
                     Ok(keys) => {
                         keys_n = keys.len();
+                        ours = written_by_us(&keys);
                         let legacy = keys.values().filter(|r| r.hydration.any()).count();
                         if legacy > 0 {
                             push(
@@ -791,6 +927,9 @@ impl KeyStore for FileStore {
                         "ok",
                         "store is the state recorded by the last audit line".into(),
                     ),
+                    (None, _) if ours => {
+                        push("store matches log", "fail", self.unanchored().to_string())
+                    }
                     (None, _) => push(
                         "store matches log",
                         "ok",
@@ -830,7 +969,7 @@ impl FileStore {
     ) -> Result<T> {
         let mut cache = self.cache();
         let _lock = self.lock_file()?;
-        let head = self.recover(&mut cache, now, false, false)?.head;
+        let head = self.recover(&mut cache, now, Mode::Reader)?.head;
         let store = fsutil::read_optional(&self.store)?;
         let mut log = fsutil::read_optional(&self.log)?.unwrap_or_default();
         log.truncate(usize::try_from(head.complete_len).unwrap_or(log.len()));
@@ -848,15 +987,15 @@ impl FileStore {
     ) -> Result<CommitInfo> {
         let mut cache = self.cache();
         let _lock = self.lock_file()?;
-        if !self.log.exists() {
-            fsutil::write_new(&self.log, seed_log, self.sync())?;
+        if fs::symlink_metadata(&self.log).is_err() {
+            fsutil::write_exclusive(&self.log, seed_log, self.sync())?;
             if self.sync() {
                 fsutil::sync_dir(&self.dir)?;
             }
         }
         // Plan from committed state only: complete an interrupted commit (so its revocations
         // count and the live store is current) or drop its uncommitted lines first.
-        let recovered = self.recover(&mut cache, now, false, false)?;
+        let recovered = self.recover(&mut cache, now, Mode::Replace)?;
         let live_log = fsutil::read_optional(&self.log)?.unwrap_or_default();
         let (keys, planned) = plan(&live_log)?;
         let mut drafts = Some(recovered.drafts.into_iter().chain(planned).collect());
@@ -870,6 +1009,36 @@ impl FileStore {
         info.warnings.extend(recovered.notes);
         Ok(info)
     }
+}
+
+/// Whether a store holds records only xai-keys writes (`origin` is ours, never the reference
+/// tool's). Such a store always has a chained audit line: without one, the log was emptied,
+/// deleted or replaced, and `verify` says so (a reader warns). Writers still go ahead, as
+/// after a log rotation, which starts a new chain. A heuristic against accidents and naive
+/// tampering: an editor can drop the field too.
+fn written_by_us(keys: &KeyMap) -> bool {
+    keys.values().any(|r| r.origin.is_some())
+}
+
+/// Reads a file with the stamp of the very file read (`None` if it does not exist).
+fn read_with_stamp(path: &Path) -> Result<Option<(FileStamp, Vec<u8>)>> {
+    use std::io::Read;
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read store", path, e)),
+    };
+    let meta = f.metadata().map_err(|e| Error::io("stat store", path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::InvalidInput(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    f.read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read store", path, e))?;
+    Ok(Some((FileStamp::of(&meta), bytes)))
 }
 
 /// Parses store bytes and computes their SHA-256 (for the log anchor check and the cache).
@@ -904,4 +1073,87 @@ fn with_digest<T>(
 /// Parses a JSON audit value's string field.
 pub(crate) fn str_field<'a>(e: &'a AuditEvent, k: &str) -> Option<&'a str> {
     e.get(k).and_then(Value::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::ops::{IssueRequest, KeyManager};
+    use crate::policy::{TtlPolicy, TtlRequest};
+
+    fn fast(path: &Path) -> FileStore {
+        FileStore::new(
+            path,
+            FileStoreOptions {
+                durability: Durability::UnsafeNoSync,
+                ..FileStoreOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn issue(m: &KeyManager<'_>, now: f64) -> KeyId {
+        m.issue(
+            IssueRequest {
+                scope: crate::Scope::User,
+                label: "k".into(),
+                ttl: TtlRequest::Default,
+                secret: None,
+            },
+            &Actor::System,
+            now,
+        )
+        .unwrap()
+        .info
+        .key_id
+    }
+
+    use crate::KeyId;
+
+    /// File stamps can repeat: a rename-based write may reuse a freed inode, and with a
+    /// coarse timestamp clock (a jiffy on many kernels) two writes within one tick, of the same
+    /// size, look identical. A long-running process whose cached parse carries such a stamp
+    /// used to serve it: a reader kept seeing a key another process had revoked, and a writer
+    /// refused with a false `StoreMismatch`. The stamp collision is staged by rewriting the
+    /// cached stamp to the current file's.
+    #[test]
+    fn a_cached_parse_with_a_repeated_stamp_is_not_served_against_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let sp = dir.path().join("keys").join("api_keys.json");
+        let a = fast(&sp);
+        let ma = KeyManager::new(&a, TtlPolicy::default());
+        let k1 = issue(&ma, 1_800_000_000.0);
+        a.load(1_800_000_001.0).unwrap();
+        assert!(a.load(1_800_000_001.0).unwrap().keys.contains_key(&k1));
+        // Another process revokes k1.
+        let b = fast(&sp);
+        KeyManager::new(&b, TtlPolicy::default())
+            .revoke(k1.as_str(), None, &Actor::System, 1_800_000_002.0)
+            .unwrap();
+        let collide = || {
+            let m = fs::metadata(&sp).unwrap();
+            if let Some(c) = a.cache().as_mut() {
+                c.stamp = FileStamp::of(&m);
+            }
+        };
+        collide();
+        let snap = a.load(1_800_000_003.0).unwrap();
+        assert!(
+            !snap.keys.contains_key(&k1),
+            "a reader served a revoked key"
+        );
+        assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+        // And a writer builds on the real file, not the stale parse.
+        let k2 = issue(&KeyManager::new(&b, TtlPolicy::default()), 1_800_000_004.0);
+        a.load(1_800_000_005.0).unwrap();
+        KeyManager::new(&b, TtlPolicy::default())
+            .revoke(k2.as_str(), None, &Actor::System, 1_800_000_006.0)
+            .unwrap();
+        collide();
+        let k3 = issue(&ma, 1_800_000_007.0);
+        let keys = a.load(1_800_000_008.0).unwrap().keys;
+        assert!(keys.contains_key(&k3));
+        assert!(!keys.contains_key(&k1) && !keys.contains_key(&k2));
+    }
 }

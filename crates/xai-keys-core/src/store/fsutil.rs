@@ -111,6 +111,23 @@ pub fn write_new(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to a file that must not exist yet (`O_EXCL`: never through a symbolic link
+/// or into a file someone else prepared), owner-only, and fsyncs it (when `sync`).
+pub fn write_exclusive(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("write", path, e))?;
+    if sync {
+        f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+    }
+    Ok(())
+}
+
 /// Reads a file, `None` if it does not exist.
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     match fs::read(path) {

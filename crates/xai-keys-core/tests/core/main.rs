@@ -9,4 +9,5 @@ mod props_chain;
 mod props_store;
 mod props_token;
 mod restore;
+mod review;
 mod threads;

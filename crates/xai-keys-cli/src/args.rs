@@ -8,7 +8,7 @@ use xai_keys_core::Scope;
 
 /// Key management for XAI nodes: issue, rotate, revoke and audit API keys.
 #[derive(Debug, Parser)]
-#[command(name = "xai-keys", version, about, propagate_version = true)]
+#[command(name = "xai-keys", version, propagate_version = true)]
 pub struct Cli {
     /// Key store file [env: XAI_API_KEY_STORE, alias XAI_API_KEY_STORE_PATH]
     /// [default: ./secure_keys/api_keys.json]. The audit log is `<store>.log`.
@@ -66,8 +66,13 @@ pub struct TtlArgs {
     /// Lifetime as a duration: `36h`, `90d`, `2w` (default XAI_API_KEY_DEFAULT_TTL_DAYS, 90 days).
     #[arg(long, value_name = "DURATION", conflicts_with_all = ["ttl_days", "ttl_hours", "permanent"])]
     pub ttl: Option<String>,
-    /// Lifetime in days (may be fractional).
-    #[arg(long, value_name = "DAYS", conflicts_with_all = ["ttl_hours", "permanent"], allow_negative_numbers = true)]
+    /// Lifetime in days (may be fractional); wins over --ttl-hours, as in manage_api_keys.py.
+    #[arg(
+        long,
+        value_name = "DAYS",
+        conflicts_with = "permanent",
+        allow_negative_numbers = true
+    )]
     pub ttl_days: Option<f64>,
     /// Lifetime in hours (may be fractional).
     #[arg(
@@ -84,6 +89,7 @@ pub struct TtlArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Only keys of this scope: user, operator, auditor or admin.
     #[arg(long, value_parser = parse_scope)]
     pub scope: Option<Scope>,
     /// active, expired or disabled.
@@ -96,8 +102,10 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct IssueArgs {
+    /// user, operator, auditor or admin.
     #[arg(long, value_parser = parse_scope, default_value = "user")]
     pub scope: Scope,
+    /// Free text naming the key's owner or purpose (at most 256 characters).
     #[arg(long, default_value = "")]
     pub label: String,
     #[command(flatten)]
@@ -112,8 +120,10 @@ pub struct ImportArgs {
     /// SHA-256 (64 hex characters) of the key held elsewhere.
     #[arg(long)]
     pub key_id: String,
+    /// user, operator, auditor or admin.
     #[arg(long, value_parser = parse_scope, default_value = "user")]
     pub scope: Scope,
+    /// Free text naming the key's owner or purpose (at most 256 characters).
     #[arg(long, default_value = "")]
     pub label: String,
     #[command(flatten)]
@@ -157,6 +167,7 @@ pub struct EventsArgs {
     /// How many of the most recent matching events (1–10000).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Only this action: issue, revoke, rotate, expire, disable, enable, restore, adopt, recover.
     #[arg(long)]
     pub action: Option<String>,
     /// Full key id or prefix (also matches `replaced`).

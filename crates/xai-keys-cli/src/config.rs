@@ -53,6 +53,13 @@ impl Config {
         })
     }
 
+    /// For people (table output): names the store a command used, on stderr.
+    pub fn announce_store(&self) {
+        if !self.json {
+            eprintln!("store: {}", self.store_path.display());
+        }
+    }
+
     pub fn open_store(&self) -> Result<FileStore> {
         let opts = FileStoreOptions {
             default_ttl_secs: self.policy.default_ttl_secs,
@@ -78,8 +85,12 @@ pub fn parse_interval(s: &str) -> Result<Duration> {
     }
 }
 
-/// Folds the TTL flags into a request. Zero or negative lifetimes are errors.
+/// Folds the TTL flags into a request. Zero or negative lifetimes are errors. As in the
+/// reference's `manage_api_keys.py`, `--ttl-days` wins when `--ttl-hours` is also given.
 pub fn ttl_request(t: &TtlArgs) -> Result<TtlRequest> {
+    if let (Some(d), Some(h)) = (t.ttl_days, t.ttl_hours) {
+        eprintln!("warning: both --ttl-days {d} and --ttl-hours {h} given; --ttl-days wins");
+    }
     let secs = if let Some(s) = &t.ttl {
         Some(parse_duration("--ttl", s)?.as_secs_f64())
     } else if let Some(d) = t.ttl_days {

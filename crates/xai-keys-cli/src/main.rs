@@ -20,7 +20,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_errors = cli.output == args::OutputFormat::Json;
     let env = |k: &str| std::env::var(k).ok();
-    let result = Config::resolve(&cli, &env).and_then(|cfg| commands::run(cli.command, &cfg));
+    let mut store = None;
+    let result = Config::resolve(&cli, &env).and_then(|cfg| {
+        store = Some(cfg.store_path.clone());
+        commands::run(cli.command, &cfg)
+    });
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -30,11 +34,20 @@ fn main() -> ExitCode {
                 || e.downcast_ref::<CliError>().map_or("error", |c| c.code),
                 CoreError::code,
             );
+            // Errors about a key's presence say which store was searched (a wrong --store or
+            // XAI_API_KEY_STORE is the usual cause of a surprising `not_found`).
+            let about_keys = matches!(code, "not_found" | "ambiguous" | "duplicate" | "key_state");
             if json_errors {
-                let v = serde_json::json!({ "error": code, "message": format!("{e:#}") });
+                let mut v = serde_json::json!({ "error": code, "message": format!("{e:#}") });
+                if let (Some(p), Some(o)) = (&store, v.as_object_mut()) {
+                    o.insert("store".into(), p.display().to_string().into());
+                }
                 eprintln!("{v}");
             } else {
                 eprintln!("error: {e:#}");
+                if let (true, Some(p)) = (about_keys, &store) {
+                    eprintln!("note: store {}", p.display());
+                }
             }
             ExitCode::from(1)
         }

@@ -1,12 +1,13 @@
 //! Rendering: aligned tables for people, JSON for automation. Plaintext keys are written to
 //! stdout only, once, by `issue` and `rotate`; nothing here logs.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use anyhow::Result;
 use serde_json::Value;
 
-/// Formats epoch seconds as RFC 3339 UTC (to the second); `-` for none.
+/// Formats epoch seconds as RFC 3339 UTC (to the second); `never` for none.
 pub fn fmt_time(t: Option<f64>) -> String {
     match t {
         None => "never".into(),
@@ -34,10 +35,43 @@ pub fn json_line(v: &Value) -> Result<()> {
     line(serde_json::to_string(v)?)
 }
 
-/// Prints rows as an aligned table.
+/// Characters that act on a terminal instead of showing: C0/C1 controls (newline, ESC) and the
+/// Unicode bidirectional controls (which can reorder what follows them on the line).
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// Untrusted text (labels, reasons, actors from a store or log that another tool may have
+/// written) made safe for a terminal: such characters are shown as `\u{…}` escapes, so a label
+/// can neither inject escape sequences nor forge table rows with a newline.
+pub fn clean(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(acts_on_terminal) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if acts_on_terminal(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Prints rows as an aligned table. Cells are [`clean`]ed; put free-text columns (labels) last,
+/// as column widths count characters, not terminal cells.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> Result<()> {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
                 *w = (*w).max(c.chars().count());
@@ -57,7 +91,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> Result<()> {
     };
     line(render(headers.iter().map(|h| h.to_string()).collect()))?;
     for r in rows {
-        line(render(r.clone()))?;
+        line(render(r))?;
     }
     Ok(())
 }

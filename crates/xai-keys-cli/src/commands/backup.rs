@@ -11,6 +11,17 @@ use crate::output;
 
 pub fn backup(a: BackupArgs, cfg: &Config) -> Result<bool> {
     let store = cfg.open_store()?;
+    if !cfg.store_path.exists() && !store.log_path().exists() {
+        // A wrong --store (or XAI_API_KEY_STORE) must not yield a "successful" empty backup.
+        return Err(crate::CliError {
+            code: "no_store",
+            message: format!(
+                "store {} does not exist: nothing to back up. Check --store or XAI_API_KEY_STORE",
+                cfg.store_path.display()
+            ),
+        }
+        .into());
+    }
     let m = store.backup(&a.out, now_epoch())?;
     if cfg.json {
         let mut v = serde_json::to_value(&m)?;
@@ -29,6 +40,7 @@ pub fn backup(a: BackupArgs, cfg: &Config) -> Result<bool> {
             m.log_lines,
             m.store_sha256
         ))?;
+        cfg.announce_store();
     }
     Ok(true)
 }
@@ -57,6 +69,7 @@ pub fn restore(a: RestoreArgs, cfg: &Config) -> Result<bool> {
         for id in &r.dropped_keys {
             output::line(format!("  dropped {id}: issued after the backup"))?;
         }
+        cfg.announce_store();
     }
     Ok(true)
 }

@@ -14,6 +14,12 @@ use crate::args::{EventsArgs, WatchArgs};
 use crate::config::{Config, parse_interval, parse_since};
 use crate::output::{self, fmt_time};
 
+/// The actions xai-keys writes (a legacy or gateway log may hold others).
+const KNOWN_ACTIONS: &[&str] = &[
+    "issue", "revoke", "rotate", "expire", "disable", "enable", "restore", "adopt", "recover",
+];
+
+/// One table row; the free-text label goes last so long or wide labels do not shift columns.
 fn row(e: &AuditEvent) -> Vec<String> {
     let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let key = s("key_id");
@@ -22,13 +28,14 @@ fn row(e: &AuditEvent) -> Vec<String> {
         s("action"),
         key.get(..12).unwrap_or(&key).to_string(),
         s("scope"),
-        s("label"),
         s("actor"),
+        s("label"),
     ]
 }
 
 pub fn events(a: EventsArgs, cfg: &Config) -> Result<bool> {
     let store = cfg.open_store()?;
+    let action = a.action.clone();
     let q = EventQuery {
         limit: a.limit,
         action: a.action,
@@ -40,6 +47,21 @@ pub fn events(a: EventsArgs, cfg: &Config) -> Result<bool> {
             .transpose()?,
     };
     let page = store.events(&q)?;
+    let log = store.log_path();
+    if !log.exists() {
+        eprintln!(
+            "note: audit log {} does not exist yet (no events)",
+            log.display()
+        );
+    } else if let Some(act) =
+        action.filter(|a| page.events.is_empty() && !KNOWN_ACTIONS.contains(&a.as_str()))
+    {
+        eprintln!(
+            "note: no event has action {:?}; xai-keys writes {}",
+            output::clean(&act),
+            KNOWN_ACTIONS.join(", ")
+        );
+    }
     if cfg.json {
         return output::json(&Value::Array(
             page.events.into_iter().map(Value::Object).collect(),
@@ -48,9 +70,10 @@ pub fn events(a: EventsArgs, cfg: &Config) -> Result<bool> {
     }
     let rows: Vec<Vec<String>> = page.events.iter().map(row).collect();
     output::table(
-        &["TIME", "ACTION", "KEY_ID", "SCOPE", "LABEL", "ACTOR"],
+        &["TIME", "ACTION", "KEY_ID", "SCOPE", "ACTOR", "LABEL"],
         &rows,
     )?;
+    eprintln!("{} event(s) from {}", rows.len(), log.display());
     Ok(true)
 }
 

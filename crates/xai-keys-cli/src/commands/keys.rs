@@ -1,6 +1,6 @@
 //! `list`, `issue`, `import`, `revoke`, `disable`, `enable`, `rotate`, `bootstrap-admin`.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -10,9 +10,10 @@ use xai_keys_core::ops::{
 };
 use xai_keys_core::{PlainToken, now_epoch};
 
+use crate::CliError;
 use crate::args::{BootstrapArgs, ImportArgs, IssueArgs, KeyArg, ListArgs, RevokeArgs, RotateArgs};
 use crate::config::{Config, parse_duration, ttl_given, ttl_request};
-use crate::output::{self, fmt_time};
+use crate::output::{self, clean, fmt_time};
 
 fn issued_json(k: &IssuedKey) -> Value {
     let r = &k.info.record;
@@ -46,7 +47,7 @@ fn print_issued(cfg: &Config, k: &IssuedKey, extra: Option<(&str, Value)>) -> Re
     output::line(format!("api_key:    {}", k.plaintext.expose()))?;
     output::line(format!("key_id:     {}", k.info.key_id))?;
     output::line(format!("scope:      {}", r.scope))?;
-    output::line(format!("label:      {}", r.label))?;
+    output::line(format!("label:      {}", clean(&r.label)))?;
     output::line(format!("expires_at: {}", fmt_time(r.expires_at)))?;
     if let Some((name, val)) = extra {
         output::line(format!(
@@ -54,6 +55,7 @@ fn print_issued(cfg: &Config, k: &IssuedKey, extra: Option<(&str, Value)>) -> Re
             val.as_str().map_or_else(|| val.to_string(), str::to_string)
         ))?;
     }
+    cfg.announce_store();
     eprintln!("Store the api_key now: it is not kept and cannot be shown again.");
     Ok(())
 }
@@ -70,7 +72,9 @@ fn print_info(cfg: &Config, verb: &str, k: &KeyInfo, now: f64) -> Result<()> {
     output::line(format!(
         "{verb} {} ({}, {}, label {:?})",
         k.key_id, k.record.scope, k.state, k.record.label
-    ))
+    ))?;
+    cfg.announce_store();
+    Ok(())
 }
 
 pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
@@ -127,7 +131,17 @@ pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
     Ok(true)
 }
 
-fn read_stdin_secret(what: &str) -> Result<PlainToken> {
+fn read_stdin_secret(flag: &str, what: &str) -> Result<PlainToken> {
+    if std::io::stdin().is_terminal() {
+        // Typing or pasting would show the secret on screen (and in the scrollback).
+        return Err(CliError {
+            code: "stdin_is_terminal",
+            message: format!(
+                "{flag} reads {what} from standard input, which is a terminal: typing or pasting it would show it on screen. Pipe it in instead, e.g. `printf %s \"$SECRET\" | xai-keys … {flag}`"
+            ),
+        }
+        .into());
+    }
     let mut s = String::new();
     std::io::stdin()
         .take(64 * 1024)
@@ -142,7 +156,7 @@ pub fn issue(a: IssueArgs, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
     let ttl = ttl_request(&a.ttl)?;
     let secret = if a.plaintext_stdin {
-        Some(read_stdin_secret("the key")?)
+        Some(read_stdin_secret("--plaintext-stdin", "the key")?)
     } else {
         None
     };
@@ -167,7 +181,7 @@ pub fn issue(a: IssueArgs, cfg: &Config) -> Result<bool> {
         if cfg.json {
             let mut v = issued_json(&k);
             if let Some(o) = v.as_object_mut() {
-                o.remove("api_key");
+                o.shift_remove("api_key");
             }
             return output::json(&v).map(|()| true);
         }
@@ -196,8 +210,30 @@ pub fn import(a: ImportArgs, cfg: &Config) -> Result<bool> {
     Ok(true)
 }
 
+/// The audit reason follows the label rules; say `--reason` when it breaks them.
+fn check_reason(reason: &str) -> Result<()> {
+    let max = xai_keys_core::ops::MAX_LABEL_CHARS;
+    let problem = if reason.trim().chars().count() > max {
+        format!("it is longer than {max} characters")
+    } else if reason.chars().any(char::is_control) {
+        "it contains control characters (newlines, tabs, escapes)".into()
+    } else {
+        return Ok(());
+    };
+    Err(CliError {
+        code: "invalid_reason",
+        message: format!(
+            "invalid --reason: {problem}; give a short single-line reason such as a ticket id"
+        ),
+    }
+    .into())
+}
+
 pub fn revoke(a: RevokeArgs, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
+    if let Some(r) = &a.reason {
+        check_reason(r)?;
+    }
     let store = cfg.open_store()?;
     let mgr = KeyManager::new(&store, cfg.policy);
     let res = mgr.revoke(
@@ -267,7 +303,7 @@ pub fn bootstrap(a: BootstrapArgs, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
     let ttl = ttl_request(&a.ttl)?;
     let secret = if a.secret_stdin {
-        read_stdin_secret("the bootstrap secret")?
+        read_stdin_secret("--secret-stdin", "the bootstrap secret")?
     } else if let Some(s) = a.secret.as_deref() {
         eprintln!(
             "warning: --secret is visible in the process list; prefer --secret-stdin or XAI_BOOTSTRAP_ADMIN_KEY"
@@ -317,6 +353,7 @@ pub fn bootstrap(a: BootstrapArgs, cfg: &Config) -> Result<bool> {
             b.info.state,
             fmt_time(r.expires_at)
         ))?;
+        cfg.announce_store();
     }
     Ok(true)
 }

@@ -34,9 +34,27 @@ pub fn verify(a: VerifyArgs, cfg: &Config) -> Result<bool> {
         })?;
     }
     if !rep.ok {
-        eprintln!(
-            "error: integrity check failed; see the FAIL lines above (restore from a backup with `xai-keys restore PATH`)"
+        let failed: Vec<&str> = rep
+            .checks
+            .iter()
+            .filter(|c| c.status == "fail")
+            .map(|c| c.name.as_str())
+            .collect();
+        let message = format!(
+            "integrity check failed ({}): fix what each failing check names (a damaged store: `xai-keys restore BACKUP`)",
+            failed.join(", ")
         );
+        if cfg.json {
+            // With -o json every error on stderr is one JSON object.
+            let v = serde_json::json!({
+                "error": "integrity_failed",
+                "message": message,
+                "store": rep.store,
+            });
+            eprintln!("{v}");
+        } else {
+            eprintln!("error: {message}");
+        }
     }
     Ok(rep.ok)
 }

@@ -331,7 +331,7 @@ fn issue_refuses_invalid_labels() {
     let ok = "y".repeat(256);
     assert_eq!(issue_json(&env, &["--label", &ok])["label"], ok.as_str());
     let (_, id) = env.issue("user", "r");
-    refused(&env, &["revoke", &id, "--reason", "a\nb"], "invalid_label");
+    refused(&env, &["revoke", &id, "--reason", "a\nb"], "invalid_reason");
     refused(&env, &["rotate", &id, "--label", &long], "invalid_label");
     assert!(env.ids().contains(&id));
 }
@@ -1193,6 +1193,11 @@ fn watch_events_replays_follows_survives_replacement_and_truncation_and_stops_on
     w.until("the line appended after truncation", |v| {
         v["action"] == "manual-note"
     });
+    // The emptied log no longer anchors the store: writers refuse until an operator accepts the
+    // store (audited), after which the follower sees the new lines too.
+    env.fails(&["issue", "--label", "refused"], 1);
+    env.ok(&["verify", "--adopt"]);
+    w.until("the adopt line", |v| v["action"] == "adopt");
     let (_, g) = env.issue("user", "g");
     w.until("the issue after truncation", is_issue_of(&g));
 

@@ -7,4 +7,5 @@ mod concurrency;
 mod crash;
 mod diskfull;
 mod fixtures;
+mod operator;
 mod smoke;

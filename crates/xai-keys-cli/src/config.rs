@@ -2,10 +2,11 @@
 //! runs (ripgrep's split of parsing from configuration).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use xai_keys_core::Error as CoreError;
 use xai_keys_core::policy::{TtlPolicy, TtlRequest};
 use xai_keys_core::store::{FileStore, FileStoreOptions};
 
@@ -14,11 +15,16 @@ use crate::args::{Cli, OutputFormat, TtlArgs};
 /// The store used when neither `--store` nor the environment names one (the reference's).
 pub const DEFAULT_STORE: &str = "secure_keys/api_keys.json";
 
+/// How long a writer waits for another process's store lock, in whole seconds.
+pub const LOCK_TIMEOUT_VAR: &str = "XAI_API_KEY_LOCK_TIMEOUT_SECS";
+
 /// Everything a command needs besides its own arguments.
 pub struct Config {
     pub store_path: PathBuf,
     pub policy: TtlPolicy,
     pub json: bool,
+    /// From [`LOCK_TIMEOUT_VAR`]; `None` keeps the store's default.
+    pub lock_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -41,6 +47,9 @@ impl Config {
             );
         }
         let policy = TtlPolicy::from_lookup(env)?;
+        let lock_timeout = env(LOCK_TIMEOUT_VAR)
+            .map(|v| parse_lock_timeout(&v))
+            .transpose()?;
         let json = match cli.output {
             OutputFormat::Json => true,
             OutputFormat::Table => false,
@@ -50,6 +59,7 @@ impl Config {
             store_path,
             policy,
             json,
+            lock_timeout,
         })
     }
 
@@ -61,11 +71,36 @@ impl Config {
     }
 
     pub fn open_store(&self) -> Result<FileStore> {
+        let defaults = FileStoreOptions::default();
         let opts = FileStoreOptions {
             default_ttl_secs: self.policy.default_ttl_secs,
-            ..FileStoreOptions::default()
+            lock_timeout: self.lock_timeout.unwrap_or(defaults.lock_timeout),
+            on_lock_wait: Some(say_waiting_for_lock),
+            ..defaults
         };
         Ok(FileStore::new(&self.store_path, opts)?)
+    }
+}
+
+/// A writer that waits for another process's lock says so (once, after about a second) instead
+/// of sitting silent until the timeout.
+fn say_waiting_for_lock(lock: &Path) {
+    eprintln!(
+        "waiting for the store lock {} (held by another xai-keys process)…",
+        lock.display()
+    );
+}
+
+/// Parses [`LOCK_TIMEOUT_VAR`]: a positive whole number of seconds.
+fn parse_lock_timeout(value: &str) -> Result<Duration> {
+    match value.trim().parse::<u64>() {
+        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(CoreError::InvalidConfig {
+            var: LOCK_TIMEOUT_VAR.into(),
+            value: value.into(),
+            reason: "must be a positive whole number of seconds (the default is 30)".into(),
+        }
+        .into()),
     }
 }
 
@@ -143,5 +178,14 @@ mod tests {
         assert!(parse_interval("0").is_err());
         assert!(parse_interval("-1").is_err());
         assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn lock_timeout_is_a_positive_whole_number_of_seconds() {
+        assert_eq!(parse_lock_timeout(" 5 ").unwrap(), Duration::from_secs(5));
+        for bad in ["0", "-1", "1.5", "soon", ""] {
+            let e = parse_lock_timeout(bad).unwrap_err();
+            assert!(e.to_string().contains(LOCK_TIMEOUT_VAR), "{e}");
+        }
     }
 }

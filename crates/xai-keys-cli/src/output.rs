@@ -6,6 +6,10 @@ use std::io::Write;
 
 use anyhow::Result;
 use serde_json::Value;
+// Characters that act on a terminal instead of showing: C0/C1 controls (newline, ESC) and the
+// Unicode bidirectional controls (which can reorder what follows them on the line). The set is
+// the core's, which refuses the same characters in new labels and reasons.
+use xai_keys_core::ops::is_unsafe_text_char;
 
 /// Formats epoch seconds as RFC 3339 UTC (to the second); `never` for none.
 pub fn fmt_time(t: Option<f64>) -> String {
@@ -35,26 +39,16 @@ pub fn json_line(v: &Value) -> Result<()> {
     line(serde_json::to_string(v)?)
 }
 
-/// Characters that act on a terminal instead of showing: C0/C1 controls (newline, ESC) and the
-/// Unicode bidirectional controls (which can reorder what follows them on the line).
-fn acts_on_terminal(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-        )
-}
-
 /// Untrusted text (labels, reasons, actors from a store or log that another tool may have
 /// written) made safe for a terminal: such characters are shown as `\u{…}` escapes, so a label
 /// can neither inject escape sequences nor forge table rows with a newline.
 pub fn clean(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(acts_on_terminal) {
+    if !s.chars().any(is_unsafe_text_char) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if acts_on_terminal(c) {
+        if is_unsafe_text_char(c) {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);

@@ -50,8 +50,9 @@ pub enum Error {
     #[error("invalid key id {given:?}: {reason}")]
     InvalidKeyId { given: String, reason: String },
 
-    #[error("invalid label: {0}")]
-    InvalidLabel(String),
+    /// A free-text field (a key's label, an audit reason) breaks the text rules.
+    #[error("invalid {field}: {problem}")]
+    InvalidText { field: TextField, problem: String },
 
     #[error("not_found: no key matches {0:?} (run `xai-keys list` to see key ids)")]
     NotFound(String),
@@ -62,14 +63,18 @@ pub enum Error {
         candidates: Vec<String>,
     },
 
-    #[error("a key with id {0} already exists; refusing to overwrite it")]
+    #[error(
+        "key {0} is already registered (see `xai-keys list`); refusing to overwrite it: use a new key or secret"
+    )]
     Duplicate(String),
 
-    #[error("key {key_id} is {state}: {action} refused")]
+    /// `hint` names the way out (`; …`, or empty): see the constructors below.
+    #[error("key {key_id} is {state}: {action} refused{hint}")]
     KeyState {
         key_id: String,
         state: String,
         action: String,
+        hint: String,
     },
 
     #[error("invalid input: {0}")]
@@ -101,10 +106,17 @@ pub enum Error {
     StoreMismatch { store: PathBuf, detail: String },
 
     #[error(
-        "{path} has insecure permissions {mode:04o} (writable by group or others); refusing to use it. Fix with `chmod 600 {path}` (files) or `chmod 700` (directories)",
+        "{kind} {path} has insecure permissions {mode:04o} (writable by group or others); refusing to use it. Fix with `chmod {fix} {path}`",
+        kind = if *is_dir { "directory" } else { "file" },
+        fix = if *is_dir { "700" } else { "600" },
         path = path.display()
     )]
-    InsecurePermissions { path: PathBuf, mode: u32 },
+    InsecurePermissions {
+        path: PathBuf,
+        mode: u32,
+        /// A directory (fixed with `chmod 700`) rather than a file (`chmod 600`).
+        is_dir: bool,
+    },
 
     #[error(
         "timed out after {seconds}s waiting for the store lock {path}: another xai-keys process holds it; retry, or find it with `fuser {path}`",
@@ -136,7 +148,7 @@ impl Error {
             | Error::InvalidConfig { .. }
             | Error::InvalidSecret(_)
             | Error::InvalidKeyId { .. }
-            | Error::InvalidLabel(_)
+            | Error::InvalidText { .. }
             | Error::InvalidInput(_)
             | Error::Ambiguous { .. } => ErrorClass::Invalid,
             Error::NotFound(_) => ErrorClass::NotFound,
@@ -162,7 +174,7 @@ impl Error {
             Error::InvalidConfig { .. } => "invalid_config",
             Error::InvalidSecret(_) => "invalid_secret",
             Error::InvalidKeyId { .. } => "invalid_key_id",
-            Error::InvalidLabel(_) => "invalid_label",
+            Error::InvalidText { field, .. } => field.code(),
             Error::InvalidInput(_) => "invalid_input",
             Error::NotFound(_) => "not_found",
             Error::Ambiguous { .. } => "ambiguous",
@@ -179,6 +191,26 @@ impl Error {
         }
     }
 
+    /// A key's state refuses `action`; the message names the way out for that state.
+    pub(crate) fn key_state(key_id: &str, state: crate::record::KeyState, action: &str) -> Self {
+        use crate::record::KeyState;
+        let hint = match state {
+            KeyState::Disabled => {
+                format!("; re-enable it first with `xai-keys enable {key_id}`")
+            }
+            KeyState::Expired => {
+                "; an expired key cannot be renewed: issue a new key with `xai-keys issue`".into()
+            }
+            KeyState::Active => String::new(),
+        };
+        Error::KeyState {
+            key_id: key_id.to_string(),
+            state: state.to_string(),
+            action: action.to_string(),
+            hint,
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             op,
@@ -188,14 +220,71 @@ impl Error {
     }
 }
 
+/// The free-text fields [`crate::ops::check_text`] validates, named in its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextField {
+    /// A key's label.
+    Label,
+    /// The reason recorded with a revocation.
+    Reason,
+}
+
+impl TextField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TextField::Label => "label",
+            TextField::Reason => "reason",
+        }
+    }
+
+    /// The error code of an invalid value (`invalid_label`, `invalid_reason`).
+    pub fn code(self) -> &'static str {
+        match self {
+            TextField::Label => "invalid_label",
+            TextField::Reason => "invalid_reason",
+        }
+    }
+}
+
+impl std::fmt::Display for TextField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What to do about the common operating-system failures.
 fn io_hint(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(28) | Some(122) => {
             "; free space on that filesystem (or raise the quota) and retry: the failed change was not applied"
         }
-        Some(13) | Some(1) => "; run as the store's owner or fix its ownership",
+        Some(13) | Some(1) => {
+            "; run as the store's owner or fix its ownership, and check the modes (directory 0700, files 0600)"
+        }
         Some(30) => "; the filesystem is read-only: remount it read-write to make changes",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// EACCES/EPERM is as often a mode as an owner problem: the hint names both.
+    #[test]
+    fn permission_denied_hint_names_ownership_and_modes() {
+        for errno in [13, 1] {
+            let e = Error::io(
+                "read store",
+                "/srv/keys/api_keys.json",
+                std::io::Error::from_raw_os_error(errno),
+            );
+            let msg = e.to_string();
+            assert!(msg.contains("owner"), "{msg}");
+            assert!(
+                msg.contains("directory 0700") && msg.contains("files 0600"),
+                "{msg}"
+            );
+        }
     }
 }

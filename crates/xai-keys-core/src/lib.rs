@@ -14,7 +14,7 @@ pub mod scope;
 pub mod store;
 pub mod token;
 
-pub use error::{Error, ErrorClass, Result};
+pub use error::{Error, ErrorClass, Result, TextField};
 pub use scope::Scope;
 pub use token::{KeyId, PlainToken};
 

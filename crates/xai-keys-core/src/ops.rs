@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use crate::audit::{Actor, AuditDraft};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TextField};
 use crate::policy::{TtlPolicy, TtlRequest};
 use crate::record::{KeyMap, KeyRecord, KeyState, Origin};
 use crate::scope::Scope;
@@ -82,20 +82,48 @@ pub struct ListFilter {
     pub expiring_within: Option<f64>,
 }
 
-/// Validates a label: trimmed, bounded, no control characters.
+/// Characters that free text must not carry: C0/C1 controls (newline, tab, ESC) act on a
+/// terminal instead of showing, and the Unicode bidirectional controls (U+061C, U+200E,
+/// U+200F, U+202A–U+202E, U+2066–U+2069) reorder what follows them, so a label could spoof
+/// another in a dashboard or a table. The one definition: labels and reasons are refused with
+/// them, and the CLI escapes them in text another tool wrote.
+pub fn is_unsafe_text_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// Validates a free-text `field` (a label, a revocation reason): trimmed, at most
+/// [`MAX_LABEL_CHARS`] characters, no [unsafe characters](is_unsafe_text_char). Errors name
+/// the field.
+pub fn check_text(field: TextField, text: &str) -> Result<String> {
+    let t = text.trim();
+    let hint = match field {
+        TextField::Label => "",
+        TextField::Reason => "; give a short single-line reason such as a ticket id",
+    };
+    if t.chars().count() > MAX_LABEL_CHARS {
+        return Err(Error::InvalidText {
+            field,
+            problem: format!("a {field} is at most {MAX_LABEL_CHARS} characters{hint}"),
+        });
+    }
+    if t.chars().any(is_unsafe_text_char) {
+        return Err(Error::InvalidText {
+            field,
+            problem: format!(
+                "a {field} may not contain control characters (newlines, tabs, escapes) or Unicode bidirectional controls{hint}"
+            ),
+        });
+    }
+    Ok(t.to_string())
+}
+
+/// Validates a label: [`check_text`] for [`TextField::Label`].
 pub fn check_label(label: &str) -> Result<String> {
-    let l = label.trim();
-    if l.chars().count() > MAX_LABEL_CHARS {
-        return Err(Error::InvalidLabel(format!(
-            "labels are at most {MAX_LABEL_CHARS} characters"
-        )));
-    }
-    if l.chars().any(char::is_control) {
-        return Err(Error::InvalidLabel(
-            "labels may not contain control characters".into(),
-        ));
-    }
-    Ok(l.to_string())
+    check_text(TextField::Label, label)
 }
 
 /// Resolves a full id or a unique prefix of at least [`MIN_PREFIX`] hex characters.
@@ -277,7 +305,9 @@ impl<'a> KeyManager<'a> {
         actor: &Actor,
         now: f64,
     ) -> Result<KeyInfo> {
-        let reason = reason.map(check_label).transpose()?;
+        let reason = reason
+            .map(|r| check_text(TextField::Reason, r))
+            .transpose()?;
         let mut out = None;
         self.commit(actor, now, &mut |keys: &mut KeyMap| {
             let id = resolve(keys, given)?;
@@ -359,19 +389,14 @@ impl<'a> KeyManager<'a> {
                 .ok_or_else(|| Error::NotFound(old_id.to_string()))?;
             match old.state(now) {
                 KeyState::Active => {}
-                s => {
-                    return Err(Error::KeyState {
-                        key_id: old_id.to_string(),
-                        state: s.to_string(),
-                        action: "rotate".into(),
-                    });
-                }
+                s => return Err(Error::key_state(old_id.as_str(), s, "rotate")),
             }
             if let Some(by) = &old.replaced_by {
                 return Err(Error::KeyState {
                     key_id: old_id.to_string(),
-                    state: format!("already rotated (replaced by {by}); rotate that key instead"),
+                    state: format!("already rotated (replaced by {by})"),
                     action: "rotate".into(),
+                    hint: format!("; rotate that key instead: `xai-keys rotate {by}`"),
                 });
             }
             let ttl = req.ttl.unwrap_or(match old.ttl_secs() {
@@ -465,6 +490,7 @@ impl<'a> KeyManager<'a> {
                         key_id: id.to_string(),
                         state: format!("already registered with scope {}", r.scope),
                         action: "bootstrap-admin".into(),
+                        hint: "; this secret belongs to another key: provision a different secret for the admin key".into(),
                     });
                 }
                 existing = Some(r.clone());

@@ -210,30 +210,10 @@ pub fn import(a: ImportArgs, cfg: &Config) -> Result<bool> {
     Ok(true)
 }
 
-/// The audit reason follows the label rules; say `--reason` when it breaks them.
-fn check_reason(reason: &str) -> Result<()> {
-    let max = xai_keys_core::ops::MAX_LABEL_CHARS;
-    let problem = if reason.trim().chars().count() > max {
-        format!("it is longer than {max} characters")
-    } else if reason.chars().any(char::is_control) {
-        "it contains control characters (newlines, tabs, escapes)".into()
-    } else {
-        return Ok(());
-    };
-    Err(CliError {
-        code: "invalid_reason",
-        message: format!(
-            "invalid --reason: {problem}; give a short single-line reason such as a ticket id"
-        ),
-    }
-    .into())
-}
-
 pub fn revoke(a: RevokeArgs, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
-    if let Some(r) = &a.reason {
-        check_reason(r)?;
-    }
+    // The core checks `--reason` (before it writes anything) and names it in its error
+    // (`invalid_reason`).
     let store = cfg.open_store()?;
     let mgr = KeyManager::new(&store, cfg.policy);
     let res = mgr.revoke(

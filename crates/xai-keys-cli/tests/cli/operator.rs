@@ -309,7 +309,11 @@ fn revoke_reason_errors_name_the_reason_flag() {
             "invalid_reason",
         );
         let msg = v["message"].as_str().unwrap();
-        assert!(msg.contains("--reason") && !msg.contains("label"), "{msg}");
+        // The core names the field (the CLI no longer re-checks the reason itself).
+        assert!(
+            msg.starts_with("invalid reason:") && !msg.contains("label"),
+            "{msg}"
+        );
     }
     assert_eq!(files(&env), before);
     env.ok(&["revoke", &id, "--reason", "INC-42"]);
@@ -401,4 +405,347 @@ fn verify_detects_an_emptied_audit_log() {
     let (code, rep) = env.verify();
     assert_eq!(code, 1, "{rep}");
     env.fails(&["issue", "--label", "b"], 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator experience: ownership, permission fixes, readers' checks, the way out, text rules,
+// lock waits.
+
+fn lock_path(env: &Env) -> std::path::PathBuf {
+    let mut s = env.store.clone().into_os_string();
+    s.push(".lock");
+    std::path::PathBuf::from(s)
+}
+
+fn uid_gid(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+/// `id -u nobody`, `id -g nobody`.
+fn nobody_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = std::process::Command::new("id")
+            .args([flag, "nobody"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "id {flag} nobody failed");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).unwrap() {
+            chown_tree(&e.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+/// `setpriv` running `args` as nobody, or `None` when that is not possible here.
+fn as_nobody(args: &[&std::ffi::OsStr]) -> Option<std::process::Output> {
+    let (uid, gid) = nobody_ids();
+    let mut c = std::process::Command::new("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("XAI_") {
+            c.env_remove(k);
+        }
+    }
+    c.output().ok()
+}
+
+/// The repro: a store `nobody` owns (chown -R nobody), root runs `xai-keys issue`. The store
+/// used to become root-owned 0600 and the service running as nobody got EACCES.
+#[test]
+fn root_running_issue_leaves_the_store_with_its_owner() {
+    if !running_as_root() {
+        eprintln!("skipped: not running as root");
+        return;
+    }
+    let (uid, gid) = nobody_ids();
+    let env = Env::new();
+    env.issue("user", "first");
+    let keys_dir = env.store.parent().unwrap();
+    chown_tree(keys_dir, uid, gid);
+    let (_, id) = env.issue("user", "by root");
+    env.ok(&["revoke", &id]);
+    for p in [env.store.clone(), env.log(), lock_path(&env)] {
+        assert_eq!(
+            uid_gid(&p),
+            (uid, gid),
+            "{} was taken from nobody",
+            p.display()
+        );
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    // The service (nobody) still reads and writes its store.
+    chmod(env.dir.path(), 0o711);
+    let store = env.store.as_os_str();
+    let probe = as_nobody(&[BIN.as_ref(), "--version".as_ref()]);
+    if !probe.is_some_and(|o| o.status.success()) {
+        eprintln!("skipped the nobody part: cannot run the binary as nobody here");
+        return;
+    }
+    for args in [
+        &["list"][..],
+        &["issue", "--label", "by nobody"],
+        &["verify"],
+    ] {
+        let mut full: Vec<&std::ffi::OsStr> = vec![
+            BIN.as_ref(),
+            "--store".as_ref(),
+            store,
+            "-o".as_ref(),
+            "json".as_ref(),
+        ];
+        full.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+        let out = as_nobody(&full).unwrap();
+        assert_exit(&out, 0, args);
+    }
+}
+
+fn running_as_root() -> bool {
+    let out = std::process::Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+/// `chmod 600` on a directory would lock the service out: directories get `chmod 700`.
+#[test]
+fn an_insecure_directory_is_fixed_with_chmod_700() {
+    let env = Env::new();
+    env.issue("user", "a");
+    let dir = env.store.parent().unwrap();
+    chmod(dir, 0o777);
+    let v = refused(&env, &["issue", "--label", "x"], "insecure_permissions");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("chmod 700 {}", dir.display())),
+        "{msg}"
+    );
+    assert!(!msg.contains("chmod 600"), "{msg}");
+    chmod(dir, 0o700);
+    chmod(&env.store, 0o666);
+    let v = refused(&env, &["issue", "--label", "x"], "insecure_permissions");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("chmod 600 {}", env.store.display())),
+        "{msg}"
+    );
+    chmod(&env.store, 0o600);
+}
+
+/// `list` holds the directory to the writers' rule: refused when others can write to it,
+/// warned about when they can read it.
+#[test]
+fn list_refuses_a_directory_writable_by_others_and_warns_when_readable() {
+    let env = Env::new();
+    env.issue("user", "a");
+    let dir = env.store.parent().unwrap();
+    chmod(dir, 0o770);
+    let v = refused(&env, &["list"], "insecure_permissions");
+    assert!(v["message"].as_str().unwrap().contains("chmod 700"), "{v}");
+    refused(&env, &["events"], "insecure_permissions");
+    chmod(dir, 0o750);
+    let out = run(&env, &["list"], &[], None);
+    assert_exit(&out, 0, &["list"]);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("warning") && err.contains(&format!("chmod 700 {}", dir.display())),
+        "{err}"
+    );
+    chmod(dir, 0o700);
+}
+
+/// A corrupt store fails `verify` without the advice to adopt it.
+#[test]
+fn verify_of_a_corrupt_store_does_not_suggest_adopting_it() {
+    let env = Env::new();
+    env.issue("user", "a");
+    std::fs::write(&env.store, "{\"cut\": ").unwrap();
+    let (code, rep) = env.verify();
+    assert_eq!(code, 1, "{rep}");
+    let text = rep.to_string();
+    assert!(!text.contains("--adopt"), "{rep}");
+    let out = table_any(&env, &["verify"]);
+    assert_exit(&out, 1, &["verify"]);
+    assert!(
+        !stdout_of(&out).contains("--adopt") && !stderr_of(&out).contains("--adopt"),
+        "{}{}",
+        stdout_of(&out),
+        stderr_of(&out)
+    );
+    assert!(stderr_of(&out).contains("restore"), "{}", stderr_of(&out));
+}
+
+/// Refusals say what to do: enable a disabled key first; a used secret is not reused.
+#[test]
+fn refusals_name_the_way_out() {
+    let env = Env::new();
+    let (_, id) = env.issue("user", "a");
+    env.ok(&["disable", &id]);
+    let v = refused(&env, &["rotate", &id], "key_state");
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("xai-keys enable {id}")), "{msg}");
+
+    let secret = "q".repeat(40);
+    let args = ["issue", "--plaintext-stdin", "--label", "hsm"];
+    assert_exit(&run(&env, &args, &[], Some(&secret)), 0, &args);
+    let out = run(&env, &args, &[], Some(&secret));
+    assert_exit(&out, 1, &args);
+    let v = error_json(&stderr_of(&out));
+    assert_eq!(v["error"], "duplicate");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("already registered") && msg.contains("xai-keys list"),
+        "{msg}"
+    );
+    let out = run(
+        &env,
+        &["bootstrap-admin", "--secret-stdin"],
+        &[],
+        Some(&secret),
+    );
+    assert_exit(&out, 1, &["bootstrap-admin"]);
+    let v = error_json(&stderr_of(&out));
+    assert_eq!(v["error"], "key_state");
+    assert!(
+        v["message"].as_str().unwrap().contains("different secret"),
+        "{v}"
+    );
+}
+
+/// Unicode bidirectional controls spoof labels in dashboards: refused like control characters.
+#[test]
+fn bidi_controls_are_refused_in_labels_and_reasons() {
+    let env = Env::new();
+    let (_, id) = env.issue("user", "a");
+    let before = files(&env);
+    for c in ['\u{202e}', '\u{2066}', '\u{200f}', '\u{061c}'] {
+        let label = format!("admin{c}resu");
+        let v = refused(&env, &["issue", "--label", &label], "invalid_label");
+        assert!(
+            v["message"].as_str().unwrap().contains("bidirectional"),
+            "{v}"
+        );
+        refused(&env, &["rotate", &id, "--label", &label], "invalid_label");
+        refused(&env, &["revoke", &id, "--reason", &label], "invalid_reason");
+    }
+    assert_eq!(files(&env), before);
+}
+
+/// Holds `lock` with util-linux `flock` in another process until killed.
+fn hold_lock(lock: &Path, secs: u32) -> Option<std::process::Child> {
+    let child = std::process::Command::new("flock")
+        .arg("-o")
+        .arg(lock)
+        .args(["sleep", &secs.to_string()])
+        .spawn()
+        .ok()?;
+    let probe = std::fs::OpenOptions::new().read(true).open(lock).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match probe.try_lock() {
+            Ok(()) => {
+                probe.unlock().unwrap();
+                assert!(
+                    std::time::Instant::now() < until,
+                    "flock never took the lock"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Some(child),
+            Err(e) => panic!("probing the lock: {e:?}"),
+        }
+    }
+}
+
+/// A writer waiting for another process's lock says so on stderr instead of sitting silent,
+/// and `XAI_API_KEY_LOCK_TIMEOUT_SECS` bounds the wait.
+#[test]
+fn a_writer_waiting_for_the_lock_says_so_and_honours_the_timeout_variable() {
+    let env = Env::new();
+    env.issue("user", "a");
+    let lock = lock_path(&env);
+    let Some(mut holder) = hold_lock(&lock, 5) else {
+        eprintln!("skipped: no `flock` binary");
+        return;
+    };
+    let before = files(&env);
+    let started = std::time::Instant::now();
+    let out = run(
+        &env,
+        &["issue", "--label", "b"],
+        &[("XAI_API_KEY_LOCK_TIMEOUT_SECS", "2")],
+        None,
+    );
+    let waited = started.elapsed();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_exit(&out, 1, &["issue", "(lock held)"]);
+    let err = stderr_of(&out);
+    assert_eq!(error_json(&err)["error"], "lock_timeout", "{err}");
+    let notice = format!(
+        "waiting for the store lock {} (held by another xai-keys process)",
+        lock.display()
+    );
+    assert_eq!(err.matches(&notice).count(), 1, "{err}");
+    assert!(
+        waited >= std::time::Duration::from_secs(2) && waited < std::time::Duration::from_secs(10),
+        "{waited:?}"
+    );
+    assert_eq!(files(&env), before);
+
+    // Released while waiting: the writer says so, then goes ahead.
+    let Some(mut holder) = hold_lock(&lock, 2) else {
+        return;
+    };
+    let out = run(
+        &env,
+        &["issue", "--label", "c"],
+        &[("XAI_API_KEY_LOCK_TIMEOUT_SECS", "20")],
+        None,
+    );
+    holder.wait().unwrap();
+    assert_exit(&out, 0, &["issue", "(lock released)"]);
+    assert!(stderr_of(&out).contains(&notice), "{}", stderr_of(&out));
+
+    // Without contention: silent.
+    let out = run(&env, &["issue", "--label", "d"], &[], None);
+    assert_exit(&out, 0, &["issue"]);
+    assert!(!stderr_of(&out).contains("waiting"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn an_invalid_lock_timeout_is_refused_naming_the_variable() {
+    let env = Env::new();
+    for bad in ["0", "-5", "1.5", "soon", ""] {
+        let out = run(
+            &env,
+            &["issue", "--label", "x"],
+            &[("XAI_API_KEY_LOCK_TIMEOUT_SECS", bad)],
+            None,
+        );
+        assert_exit(&out, 1, &["issue", bad]);
+        let v = error_json(&stderr_of(&out));
+        assert_eq!(v["error"], "invalid_config", "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("XAI_API_KEY_LOCK_TIMEOUT_SECS"),
+            "{v}"
+        );
+    }
+    assert!(!env.store.parent().unwrap().exists());
 }

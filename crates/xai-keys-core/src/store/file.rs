@@ -59,15 +59,22 @@ pub struct FileStoreOptions {
     pub durability: Durability,
     /// How long a writer waits for another process's lock.
     pub lock_timeout: Duration,
+    /// Called once (with the lock file's path) when a writer has waited [`LOCK_WAIT_NOTICE`]
+    /// for another process's lock, so that a front end can say why it is silent.
+    pub on_lock_wait: Option<fn(&Path)>,
     /// Default TTL, used to hydrate legacy records that lack `expires_at`.
     pub default_ttl_secs: f64,
 }
+
+/// How long a writer waits for the lock before [`FileStoreOptions::on_lock_wait`] is called.
+pub const LOCK_WAIT_NOTICE: Duration = Duration::from_secs(1);
 
 impl Default for FileStoreOptions {
     fn default() -> Self {
         FileStoreOptions {
             durability: Durability::Full,
             lock_timeout: Duration::from_secs(30),
+            on_lock_wait: None,
             default_ttl_secs: crate::policy::TtlPolicy::default().default_ttl_secs,
         }
     }
@@ -240,24 +247,33 @@ impl FileStore {
         }
     }
 
-    /// Takes the cross-process lock, waiting up to the configured timeout.
+    /// Takes the cross-process lock, waiting up to the configured timeout (and saying so
+    /// through `on_lock_wait` after [`LOCK_WAIT_NOTICE`]).
     fn lock_file(&self) -> Result<File> {
         fsutil::ensure_dir(&self.dir)?;
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode_owner_only()
-            .open(&self.lock)
-            .map_err(|e| Error::io("open lock file", &self.lock, e))?;
-        let deadline = Instant::now() + self.opts.lock_timeout;
+        // Created by root in a store another user owns, the lock file is that user's.
+        let f = fsutil::open_or_create(
+            &self.lock,
+            fs::OpenOptions::new().read(true).write(true),
+            fsutil::owner_to_keep(&[&self.dir])?,
+            "open lock file",
+        )?;
+        let start = Instant::now();
+        // A timeout too large to add to the clock means no deadline.
+        let deadline = start.checked_add(self.opts.lock_timeout);
+        let mut notify = self.opts.on_lock_wait;
         let mut pause = Duration::from_millis(1);
         loop {
             match f.try_lock() {
                 Ok(()) => return Ok(f),
                 Err(fs::TryLockError::WouldBlock) => {
-                    if Instant::now() >= deadline {
+                    if let Some(cb) = notify
+                        && start.elapsed() >= LOCK_WAIT_NOTICE
+                    {
+                        notify = None;
+                        cb(&self.lock);
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(Error::LockTimeout {
                             path: self.lock.clone(),
                             seconds: self.opts.lock_timeout.as_secs(),
@@ -582,11 +598,17 @@ impl FileStore {
         drafts.extend(change_drafts);
         let bytes = record::render_store_cached(&keys, &mut rendered);
 
+        // Run as root on a store another user owns (`sudo xai-keys …`), the new store file,
+        // and a log created now, keep that user as owner: a root-owned 0600 file would lock the
+        // store's service out.
+        let store_owner = fsutil::owner_to_keep(&[&self.store, &self.dir])?;
+        let log_owner = fsutil::owner_to_keep(&[&self.dir])?;
+
         // 3. pending file (a large store is hashed meanwhile; the digest goes in the log lines)
         let (written, digest) = with_digest(
             &bytes,
             |b| rendered.digest(b),
-            || fsutil::write_exclusive(&self.pending, &bytes, self.sync()),
+            || fsutil::write_exclusive(&self.pending, &bytes, self.sync(), store_owner),
         );
         // The pending file's directory entry must be durable before the commit point, or a
         // crash could leave a committed log with nothing to roll forward from.
@@ -625,7 +647,7 @@ impl FileStore {
             }
         }
         let log_existed = head.complete_len > 0 || self.log.exists();
-        if let Err(e) = self.append_log(text.as_bytes(), head.complete_len) {
+        if let Err(e) = self.append_log(text.as_bytes(), head.complete_len, log_owner) {
             let _ = fs::remove_file(&self.pending);
             return Err(e);
         }
@@ -655,8 +677,13 @@ impl FileStore {
     }
 
     /// Appends and fsyncs; on failure removes whatever part of `bytes` reached the file.
-    fn append_log(&self, bytes: &[u8], restore_len: u64) -> Result<()> {
-        let mut f = fsutil::open_append(&self.log)?;
+    fn append_log(
+        &self,
+        bytes: &[u8],
+        restore_len: u64,
+        owner: Option<fsutil::Owner>,
+    ) -> Result<()> {
+        let mut f = fsutil::open_append(&self.log, owner)?;
         let res = f
             .write_all(bytes)
             .map_err(|e| Error::io("append to audit log", &self.log, e))
@@ -701,17 +728,6 @@ impl FileStore {
     }
 }
 
-/// `OpenOptions::mode(0o600)` under a name that reads well at the call site.
-trait OwnerOnly {
-    fn mode_owner_only(&mut self) -> &mut Self;
-}
-impl OwnerOnly for fs::OpenOptions {
-    fn mode_owner_only(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
-    }
-}
-
 impl KeyStore for FileStore {
     fn location(&self) -> String {
         self.store.display().to_string()
@@ -719,8 +735,10 @@ impl KeyStore for FileStore {
 
     fn load(&self, now: f64) -> Result<Snapshot> {
         let mut warnings = Vec::new();
+        // The writers' checks, directory included, before anything is read or rolled forward:
+        // in a directory others can write to, the files (and `.pending`) may be theirs.
+        check_all(&[&self.dir, &self.store, &self.log], &mut warnings)?;
         self.recover_if_pending(now, &mut warnings);
-        check_all(&[&self.store, &self.log], &mut warnings)?;
         // Cheap tamper check (a tail read): the store should be what the log last recorded.
         let head = audit::read_head(&self.log);
         let want = head.as_ref().ok().and_then(|h| h.store_sha256.clone());
@@ -790,7 +808,7 @@ impl KeyStore for FileStore {
     }
 
     fn events(&self, q: &EventQuery) -> Result<EventPage> {
-        check_all(&[&self.log], &mut Vec::new())?;
+        check_all(&[&self.dir, &self.log], &mut Vec::new())?;
         audit::read_events(&self.log, q)
     }
 
@@ -803,6 +821,17 @@ impl KeyStore for FileStore {
                 detail,
             })
         };
+        // Permissions first: nothing is rolled forward in a directory or from files others can
+        // write to.
+        let perms: Vec<(&str, &Path, Result<fsutil::PermCheck>)> = [
+            ("directory", self.dir.as_path()),
+            ("store permissions", self.store.as_path()),
+            ("log permissions", self.log.as_path()),
+        ]
+        .into_iter()
+        .map(|(name, p)| (name, p, fsutil::check_perms(p)))
+        .collect();
+        let perms_ok = perms.iter().all(|(_, _, r)| r.is_ok());
         // Lock (and recover) when we can; a read-only operator still gets a report.
         let mut notes = Vec::new();
         if opts.adopt {
@@ -817,26 +846,27 @@ impl KeyStore for FileStore {
                 ])
             })?;
             notes.extend(info.warnings);
-        } else {
+        } else if perms_ok {
             self.recover_if_pending(now, &mut notes);
+        } else if self.pending.exists() {
+            notes.push(format!(
+                "an interrupted change ({}) was not completed: fix the permissions first",
+                self.pending.display()
+            ));
         }
         for n in notes {
             push("recovery", "warn", n);
         }
         // Permissions
-        for (name, p) in [
-            ("directory", &self.dir),
-            ("store permissions", &self.store),
-            ("log permissions", &self.log),
-        ] {
-            match fsutil::check_perms(p) {
+        for (name, p, res) in perms {
+            match res {
                 Ok(fsutil::PermCheck::Ok) => {
                     push(name, "ok", format!("{} is owner-only", p.display()))
                 }
                 Ok(fsutil::PermCheck::Missing) => {
                     push(name, "ok", format!("{} does not exist yet", p.display()))
                 }
-                Ok(fsutil::PermCheck::Readable(m)) => push(
+                Ok(fsutil::PermCheck::Readable { mode: m, .. }) => push(
                     name,
                     "warn",
                     format!(
@@ -852,6 +882,9 @@ impl KeyStore for FileStore {
         let mut keys_n = 0;
         let mut ours = false;
         let mut store_digest = None;
+        // False when the store exists but cannot be read or parsed: it is then not compared
+        // with the log (the "store" check fails; adopting such a store is no way out).
+        let mut store_readable = true;
         match bytes {
             Ok(None) => push(
                 "store",
@@ -877,10 +910,16 @@ impl KeyStore for FileStore {
                             push("store", "ok", format!("{keys_n} valid records"));
                         }
                     }
-                    Err(e) => push("store", "fail", e.to_string()),
+                    Err(e) => {
+                        store_readable = false;
+                        push("store", "fail", e.to_string());
+                    }
                 }
             }
-            Err(e) => push("store", "fail", e.to_string()),
+            Err(e) => {
+                store_readable = false;
+                push("store", "fail", e.to_string());
+            }
         }
         // Chain
         let mut log_lines = 0;
@@ -913,6 +952,14 @@ impl KeyStore for FileStore {
                     );
                 }
                 match (&rep.last_store_sha256, &store_digest) {
+                    _ if !store_readable => push(
+                        "store matches log",
+                        "warn",
+                        format!(
+                            "not checked: {} cannot be read or parsed (see the store check); recover it with `xai-keys restore BACKUP`",
+                            self.store.display()
+                        ),
+                    ),
                     (Some(want), got) if got.as_deref() != Some(want.as_str()) => push(
                         "store matches log",
                         "fail",
@@ -967,6 +1014,7 @@ impl FileStore {
         now: f64,
         f: impl FnOnce(Option<&[u8]>, &[u8]) -> Result<T>,
     ) -> Result<T> {
+        check_all(&[&self.dir, &self.store, &self.log], &mut Vec::new())?;
         let mut cache = self.cache();
         let _lock = self.lock_file()?;
         let head = self.recover(&mut cache, now, Mode::Reader)?.head;
@@ -985,10 +1033,18 @@ impl FileStore {
         seed_log: &[u8],
         plan: &mut ReplacementPlan<'_>,
     ) -> Result<CommitInfo> {
+        // The writers' checks before anything is created or rolled forward (they run again,
+        // under the lock, in commit_locked).
+        check_all(&[&self.dir, &self.store, &self.log], &mut Vec::new())?;
         let mut cache = self.cache();
         let _lock = self.lock_file()?;
         if fs::symlink_metadata(&self.log).is_err() {
-            fsutil::write_exclusive(&self.log, seed_log, self.sync())?;
+            fsutil::write_exclusive(
+                &self.log,
+                seed_log,
+                self.sync(),
+                fsutil::owner_to_keep(&[&self.dir])?,
+            )?;
             if self.sync() {
                 fsutil::sync_dir(&self.dir)?;
             }

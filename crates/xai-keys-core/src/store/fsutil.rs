@@ -1,8 +1,9 @@
-//! Filesystem helpers: owner-only creation, permission checks, directory fsync.
+//! Filesystem helpers: owner-only creation, permission checks, ownership kept when running
+//! as root, directory fsync.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -33,7 +34,10 @@ pub enum PermCheck {
     Missing,
     Ok,
     /// Readable by group or others: a warning.
-    Readable(u32),
+    Readable {
+        mode: u32,
+        is_dir: bool,
+    },
 }
 
 /// Refuses a path writable by group or others; reports one readable by them.
@@ -41,14 +45,16 @@ pub fn check_perms(path: &Path) -> Result<PermCheck> {
     match fs::metadata(path) {
         Ok(m) => {
             let mode = m.permissions().mode() & 0o7777;
+            let is_dir = m.is_dir();
             if mode & GROUP_OTHER_WRITE != 0 {
                 return Err(Error::InsecurePermissions {
                     path: path.to_path_buf(),
                     mode,
+                    is_dir,
                 });
             }
             if mode & GROUP_OTHER_READ != 0 {
-                return Ok(PermCheck::Readable(mode));
+                return Ok(PermCheck::Readable { mode, is_dir });
             }
             Ok(PermCheck::Ok)
         }
@@ -60,11 +66,11 @@ pub fn check_perms(path: &Path) -> Result<PermCheck> {
 /// Checks several paths, collecting warnings for readable ones.
 pub fn check_all(paths: &[&Path], warnings: &mut Vec<String>) -> Result<()> {
     for p in paths {
-        if let PermCheck::Readable(mode) = check_perms(p)? {
+        if let PermCheck::Readable { mode, is_dir } = check_perms(p)? {
             warnings.push(format!(
                 "{} is readable by group or others (mode {mode:04o}); run `chmod {} {}`",
                 p.display(),
-                if p.is_dir() { "700" } else { "600" },
+                if is_dir { "700" } else { "600" },
                 p.display()
             ));
         }
@@ -83,14 +89,91 @@ pub fn create_owner_only(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("create", path, e))
 }
 
-/// Opens (creating 0600) a file for appending.
-pub fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io("open for append", path, e))
+/// The owner (uid, gid) a file is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// When the process runs as root: the owner of the first of `refs` that exists (the store file,
+/// then its directory) if that is another user, so that files root writes in a store it does
+/// not own keep that store's owner (a root-owned 0600 store would lock its service out).
+/// `None` when not root, when root owns the store, or when none of `refs` exists.
+pub fn owner_to_keep(refs: &[&Path]) -> Result<Option<Owner>> {
+    let euid = rustix::process::geteuid();
+    if !euid.is_root() {
+        return Ok(None);
+    }
+    for p in refs {
+        match fs::metadata(p) {
+            Ok(m) if m.uid() != euid.as_raw() => {
+                return Ok(Some(Owner {
+                    uid: m.uid(),
+                    gid: m.gid(),
+                }));
+            }
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", p, e)),
+        }
+    }
+    Ok(None)
+}
+
+/// Gives the open file `f` (at `path`) to `owner`, if any.
+fn give_to(f: &File, path: &Path, owner: Option<Owner>) -> Result<()> {
+    match owner {
+        Some(o) => std::os::unix::fs::fchown(f, Some(o.uid), Some(o.gid))
+            .map_err(|e| Error::io("give the store owner's ownership to", path, e)),
+        None => Ok(()),
+    }
+}
+
+/// Opens `path` with `opts` (which must not create), creating it 0600 first if it is missing.
+/// A file this call creates is given `owner` (when set); if that fails it is removed again, so
+/// that no file the owner cannot open is left behind.
+pub fn open_or_create(
+    path: &Path,
+    opts: &OpenOptions,
+    owner: Option<Owner>,
+    op: &'static str,
+) -> Result<File> {
+    // A file removed between the two opens is created again (a few times at most).
+    let mut last = None;
+    for _ in 0..3 {
+        match opts.clone().create_new(true).mode(0o600).open(path) {
+            Ok(f) => {
+                if let Err(e) = give_to(&f, path, owner) {
+                    let _ = fs::remove_file(path);
+                    return Err(e);
+                }
+                return Ok(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(op, path, e)),
+        }
+        match opts.open(path) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => last = Some(e),
+            Err(e) => return Err(Error::io(op, path, e)),
+        }
+    }
+    Err(Error::io(
+        op,
+        path,
+        last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound)),
+    ))
+}
+
+/// Opens (creating 0600, given `owner`) a file for appending.
+pub fn open_append(path: &Path, owner: Option<Owner>) -> Result<File> {
+    open_or_create(
+        path,
+        OpenOptions::new().append(true),
+        owner,
+        "open for append",
+    )
 }
 
 /// fsyncs a directory so a rename or creation in it is durable.
@@ -112,20 +195,29 @@ pub fn write_new(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
 }
 
 /// Writes `bytes` to a file that must not exist yet (`O_EXCL`: never through a symbolic link
-/// or into a file someone else prepared), owner-only, and fsyncs it (when `sync`).
-pub fn write_exclusive(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
+/// or into a file someone else prepared), owner-only and given `owner` (when set), and fsyncs
+/// it (when `sync`). A file it created is removed again if anything after that fails.
+pub fn write_exclusive(path: &Path, bytes: &[u8], sync: bool, owner: Option<Owner>) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(|e| Error::io("create", path, e))?;
-    f.write_all(bytes)
-        .map_err(|e| Error::io("write", path, e))?;
-    if sync {
-        f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+    let res = give_to(&f, path, owner)
+        .and_then(|()| f.write_all(bytes).map_err(|e| Error::io("write", path, e)))
+        .and_then(|()| {
+            if sync {
+                f.sync_all().map_err(|e| Error::io("fsync", path, e))
+            } else {
+                Ok(())
+            }
+        });
+    if res.is_err() {
+        drop(f);
+        let _ = fs::remove_file(path);
     }
-    Ok(())
+    res
 }
 
 /// Reads a file, `None` if it does not exist.

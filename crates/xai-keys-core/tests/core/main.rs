@@ -11,3 +11,4 @@ mod props_token;
 mod restore;
 mod review;
 mod threads;
+mod ux;

@@ -342,6 +342,15 @@ fn base_store(n: usize) -> &'static [u8] {
     })
 }
 
+/// `verify --adopt`: records the fixture store as the audited state.
+fn adopt(store: &FileStore) {
+    let opts = xai_keys_core::store::VerifyOptions { adopt: true };
+    let rep =
+        xai_keys_core::store::KeyStore::verify(store, &actor(), xai_keys_core::now_epoch(), opts)
+            .unwrap();
+    assert!(rep.ok, "{rep:?}");
+}
+
 fn actor() -> Actor {
     Actor::Cli {
         user: "bench".into(),
@@ -407,6 +416,9 @@ impl GrowingStore {
             let _ = fs::remove_file(PathBuf::from(p));
         }
         let store = FileStore::new(&self.path, opts(self.durability)).unwrap();
+        // A store of xai-keys records without its log is refused (an erased log); anchor the
+        // fixture the audited way, as an operator would after migrating a store.
+        adopt(&store);
         // Priming issues: the first (the log is empty, so no anchor check) parses the store into
         // the cache, the second fills the render cache, as a long-running process has them.
         for _ in 0..2 {
@@ -793,6 +805,9 @@ fn write_cli_fixtures() {
         let dir = fresh_dir(&format!("cli/{name}"));
         let store = dir.join("api_keys.json");
         write_owner_only(&store, base_store(keys));
+        if log_lines == 0 {
+            adopt(&FileStore::new(&store, opts(Durability::Full)).unwrap());
+        }
         if log_lines > 0 {
             let log = dir.join("api_keys.json.log");
             let events_big = bench_dir().root.join("events/big.json.log");

@@ -158,6 +158,18 @@ pub fn build_line(
     store_sha256: &str,
     prev_hash: &str,
 ) -> (String, String) {
+    let (event, hash) = build_event(timestamp, draft, actor, store_sha256, prev_hash);
+    (Value::Object(event).to_string(), hash)
+}
+
+/// Builds one chained line as an object (fields in the order they are written) and its hash.
+pub fn build_event(
+    timestamp: f64,
+    draft: &AuditDraft,
+    actor: &Actor,
+    store_sha256: &str,
+    prev_hash: &str,
+) -> (AuditEvent, String) {
     let mut m = Map::new();
     m.insert("timestamp".into(), Value::from(timestamp));
     m.insert("action".into(), Value::from(draft.action));
@@ -173,7 +185,7 @@ pub fn build_line(
     m.insert("prev_hash".into(), Value::from(prev_hash));
     let h = line_hash(&m);
     m.insert("hash".into(), Value::from(h.clone()));
-    (Value::Object(m).to_string(), h)
+    (m, h)
 }
 
 /// Whether a parsed line carries chain fields.
@@ -202,8 +214,11 @@ pub struct LogHead {
     /// Bytes after that (an interrupted append: a partial final line, and the complete lines
     /// of a commit whose last line is missing; see [`TX_CONTINUES`]).
     pub torn_bytes: u64,
-    /// `prev_hash` for the next line.
-    pub next_prev_hash: String,
+    /// `prev_hash` for the next line, when the log ends in a chained line (or is empty).
+    /// `None` when it ends in a legacy (unchained) prefix: the next line then links to the
+    /// SHA-256 of those `complete_len` bytes, which only an append needs; see
+    /// [`LogHead::next_prev_hash`]. Readers never hash the log.
+    pub chain_head: Option<String>,
     /// `store_sha256` recorded by the last complete line, if it is chained.
     pub store_sha256: Option<String>,
     /// Set when the tail fails the checks a tail read can make: the last committed line's
@@ -240,7 +255,8 @@ fn hash_ok(obj: &AuditEvent) -> bool {
     obj.get("hash").and_then(Value::as_str) == Some(line_hash(obj).as_str())
 }
 
-fn str_of<'a>(obj: &'a AuditEvent, k: &str) -> Option<&'a str> {
+/// A string field of an event (`None` when absent or not a string).
+pub fn str_field<'a>(obj: &'a AuditEvent, k: &str) -> Option<&'a str> {
     obj.get(k).and_then(Value::as_str)
 }
 
@@ -258,7 +274,7 @@ pub fn read_head(path: &Path) -> Result<LogHead> {
             return Ok(LogHead {
                 complete_len: 0,
                 torn_bytes: 0,
-                next_prev_hash: GENESIS.into(),
+                chain_head: Some(GENESIS.into()),
                 store_sha256: None,
                 problem: None,
             });
@@ -288,18 +304,11 @@ pub fn read_head(path: &Path) -> Result<LogHead> {
     let torn_bytes = len - complete_len;
     // Problem found, with the byte offset of the line it concerns.
     let mut problem: Option<(u64, String)> = None;
-    let (next_prev_hash, store_sha256) = match last {
-        None => (
-            if complete_len == 0 {
-                GENESIS.to_string()
-            } else {
-                hash_prefix(path, complete_len)?
-            },
-            None,
-        ),
+    let (chain_head, store_sha256) = match last {
+        None => ((complete_len == 0).then(|| GENESIS.to_string()), None),
         Some((offset, bytes)) => match parse_line(&bytes) {
             Some(obj) if is_chained(&obj) => {
-                let Some(hash) = str_of(&obj, "hash").map(str::to_string) else {
+                let Some(hash) = str_field(&obj, "hash").map(str::to_string) else {
                     return Err(Error::CorruptLog {
                         path: path.to_path_buf(),
                         line: line_number(path, offset)?,
@@ -315,7 +324,7 @@ pub fn read_head(path: &Path) -> Result<LogHead> {
                     let want_prev = match lines.next_line().map_err(rd)? {
                         None => Some(GENESIS.to_string()),
                         Some((prev_off, prev)) => match parse_line(&prev) {
-                            Some(p) if is_chained(&p) => str_of(&p, "hash").map(str::to_string),
+                            Some(p) if is_chained(&p) => str_field(&p, "hash").map(str::to_string),
                             // A legacy predecessor: linked through the prefix hash, which
                             // only `verify` computes.
                             Some(_) => None,
@@ -327,7 +336,7 @@ pub fn read_head(path: &Path) -> Result<LogHead> {
                         },
                     };
                     if let Some(want) = want_prev
-                        && str_of(&obj, "prev_hash") != Some(want.as_str())
+                        && str_field(&obj, "prev_hash") != Some(want.as_str())
                     {
                         problem = Some((
                             offset,
@@ -335,8 +344,8 @@ pub fn read_head(path: &Path) -> Result<LogHead> {
                         ));
                     }
                 }
-                let anchor = str_of(&obj, "store_sha256").map(str::to_string);
-                (hash, anchor)
+                let anchor = str_field(&obj, "store_sha256").map(str::to_string);
+                (Some(hash), anchor)
             }
             // Legacy (or blank/unparseable) last line: the chain starts after everything so
             // far, unless it had started already (then this line was inserted or edited).
@@ -348,17 +357,21 @@ pub fn read_head(path: &Path) -> Result<LogHead> {
                             .into(),
                     ));
                 }
-                (hash_prefix(path, complete_len)?, None)
+                (None, None)
             }
         },
     };
     // The unfinished commit's lines must continue the chain from the head, intact.
-    let mut expected_prev = next_prev_hash.clone();
+    let mut expected_prev = match (&chain_head, open_tail.is_empty()) {
+        (Some(h), _) => h.clone(),
+        (None, true) => String::new(), // no lines to check
+        (None, false) => hash_prefix(path, complete_len)?,
+    };
     for (offset, obj) in open_tail.iter().rev() {
         if problem.is_some() {
             break;
         }
-        if str_of(obj, "prev_hash") != Some(expected_prev.as_str()) || !hash_ok(obj) {
+        if str_field(obj, "prev_hash") != Some(expected_prev.as_str()) || !hash_ok(obj) {
             problem = Some((
                 *offset,
                 format!(
@@ -367,7 +380,7 @@ pub fn read_head(path: &Path) -> Result<LogHead> {
             ));
             break;
         }
-        expected_prev = str_of(obj, "hash").unwrap_or_default().to_string();
+        expected_prev = str_field(obj, "hash").unwrap_or_default().to_string();
     }
     let problem = match problem {
         Some((offset, problem)) => Some(TailProblem {
@@ -379,10 +392,22 @@ pub fn read_head(path: &Path) -> Result<LogHead> {
     Ok(LogHead {
         complete_len,
         torn_bytes,
-        next_prev_hash,
+        chain_head,
         store_sha256,
         problem,
     })
+}
+
+impl LogHead {
+    /// `prev_hash` for the next appended line: the last chained line's hash, 64 zeros for an
+    /// empty log, or the SHA-256 of the legacy prefix (read from `path`, the log this head was
+    /// read from).
+    pub fn next_prev_hash(&self, path: &Path) -> Result<String> {
+        match &self.chain_head {
+            Some(h) => Ok(h.clone()),
+            None => hash_prefix(path, self.complete_len),
+        }
+    }
 }
 
 /// Whether any line before the tail reader's position is chained (reads backwards; only lines
@@ -970,13 +995,14 @@ mod tests {
             (1, 5, None)
         );
         assert_eq!(
-            read_head(&p).unwrap().next_prev_hash,
+            read_head(&p).unwrap().next_prev_hash(&p).unwrap(),
             rep.last_hash.unwrap()
         );
-        // Legacy-only log: head is the prefix hash.
+        // Legacy-only log: head is the prefix hash, computed only when an append asks for it.
         write(&p, legacy);
+        assert_eq!(read_head(&p).unwrap().chain_head, None);
         assert_eq!(
-            read_head(&p).unwrap().next_prev_hash,
+            read_head(&p).unwrap().next_prev_hash(&p).unwrap(),
             hex(&Sha256::digest(legacy.as_bytes()))
         );
     }

@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::audit::{self, Actor, AuditDraft, AuditEvent};
+use crate::audit::{self, Actor, AuditDraft, AuditEvent, str_field};
 use crate::error::{Error, Result};
 use crate::record::{self, KeyMap, LoadContext};
-use crate::store::file::str_field;
 use crate::store::fsutil;
 use crate::store::{BackupManifest, FileStore, RestoreReport};
 use crate::token::{KeyId, sha256_hex};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use xai_keys_core::audit::{AuditEvent, EventQuery, LogFollower};
+use xai_keys_core::audit::{AuditEvent, EventQuery, LogFollower, str_field};
 use xai_keys_core::now_epoch;
 use xai_keys_core::store::{FileStore, KeyStore};
 
@@ -21,7 +21,7 @@ const KNOWN_ACTIONS: &[&str] = &[
 
 /// One table row; the free-text label goes last so long or wide labels do not shift columns.
 fn row(e: &AuditEvent) -> Vec<String> {
-    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let s = |k: &str| str_field(e, k).unwrap_or("").to_string();
     let key = s("key_id");
     vec![
         fmt_time(e.get("timestamp").and_then(Value::as_f64)),

@@ -77,6 +77,20 @@ fn print_info(cfg: &Config, verb: &str, k: &KeyInfo, now: f64) -> Result<()> {
     Ok(())
 }
 
+/// Runs one lifecycle operation on the configured store as the current OS user, and shows the
+/// store's warnings (readable files, a completed interrupted change) whether it succeeds or not.
+fn manage<T>(
+    cfg: &Config,
+    now: f64,
+    op: impl FnOnce(&KeyManager<'_>, &Actor, f64) -> xai_keys_core::Result<T>,
+) -> Result<T> {
+    let store = cfg.open_store()?;
+    let mgr = KeyManager::new(&store, cfg.policy);
+    let res = op(&mgr, &Actor::current_cli_user(), now);
+    output::warnings(&mgr.take_warnings());
+    Ok(res?)
+}
+
 pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
     let store = cfg.open_store()?;
@@ -161,20 +175,18 @@ pub fn issue(a: IssueArgs, cfg: &Config) -> Result<bool> {
         None
     };
     let supplied = secret.is_some();
-    let store = cfg.open_store()?;
-    let mgr = KeyManager::new(&store, cfg.policy);
-    let res = mgr.issue(
-        IssueRequest {
-            scope: a.scope,
-            label: a.label,
-            ttl,
-            secret,
-        },
-        &Actor::current_cli_user(),
-        now,
-    );
-    output::warnings(&mgr.take_warnings());
-    let k = res?;
+    let k = manage(cfg, now, |mgr, actor, now| {
+        mgr.issue(
+            IssueRequest {
+                scope: a.scope,
+                label: a.label,
+                ttl,
+                secret,
+            },
+            actor,
+            now,
+        )
+    })?;
     if supplied {
         // Never echo a caller's secret back: report the id only.
         let info = &k.info;
@@ -194,18 +206,9 @@ pub fn issue(a: IssueArgs, cfg: &Config) -> Result<bool> {
 pub fn import(a: ImportArgs, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
     let ttl = ttl_request(&a.ttl)?;
-    let store = cfg.open_store()?;
-    let mgr = KeyManager::new(&store, cfg.policy);
-    let res = mgr.import(
-        &a.key_id,
-        a.scope,
-        &a.label,
-        ttl,
-        &Actor::current_cli_user(),
-        now,
-    );
-    output::warnings(&mgr.take_warnings());
-    let k = res?;
+    let k = manage(cfg, now, |mgr, actor, now| {
+        mgr.import(&a.key_id, a.scope, &a.label, ttl, actor, now)
+    })?;
     print_info(cfg, "imported", &k, now)?;
     Ok(true)
 }
@@ -214,27 +217,18 @@ pub fn revoke(a: RevokeArgs, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
     // The core checks `--reason` (before it writes anything) and names it in its error
     // (`invalid_reason`).
-    let store = cfg.open_store()?;
-    let mgr = KeyManager::new(&store, cfg.policy);
-    let res = mgr.revoke(
-        &a.key_id,
-        a.reason.as_deref(),
-        &Actor::current_cli_user(),
-        now,
-    );
-    output::warnings(&mgr.take_warnings());
-    let k = res?;
+    let k = manage(cfg, now, |mgr, actor, now| {
+        mgr.revoke(&a.key_id, a.reason.as_deref(), actor, now)
+    })?;
     print_info(cfg, "revoked", &k, now)?;
     Ok(true)
 }
 
 pub fn set_disabled(a: KeyArg, disabled: bool, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
-    let store = cfg.open_store()?;
-    let mgr = KeyManager::new(&store, cfg.policy);
-    let res = mgr.set_disabled(&a.key_id, disabled, &Actor::current_cli_user(), now);
-    output::warnings(&mgr.take_warnings());
-    let k = res?;
+    let k = manage(cfg, now, |mgr, actor, now| {
+        mgr.set_disabled(&a.key_id, disabled, actor, now)
+    })?;
     print_info(cfg, if disabled { "disabled" } else { "enabled" }, &k, now)?;
     Ok(true)
 }
@@ -247,21 +241,19 @@ pub fn rotate(a: RotateArgs, cfg: &Config) -> Result<bool> {
     } else {
         None
     };
-    let store = cfg.open_store()?;
-    let mgr = KeyManager::new(&store, cfg.policy);
-    let res = mgr.rotate(
-        &a.key_id,
-        RotateRequest {
-            grace_secs: grace,
-            scope: a.scope,
-            label: a.label,
-            ttl,
-        },
-        &Actor::current_cli_user(),
-        now,
-    );
-    output::warnings(&mgr.take_warnings());
-    let r = res?;
+    let r = manage(cfg, now, |mgr, actor, now| {
+        mgr.rotate(
+            &a.key_id,
+            RotateRequest {
+                grace_secs: grace,
+                scope: a.scope,
+                label: a.label,
+                ttl,
+            },
+            actor,
+            now,
+        )
+    })?;
     print_issued(
         cfg,
         &r.new,
@@ -301,11 +293,9 @@ pub fn bootstrap(a: BootstrapArgs, cfg: &Config) -> Result<bool> {
             }
         }
     };
-    let store = cfg.open_store()?;
-    let mgr = KeyManager::new(&store, cfg.policy);
-    let res = mgr.bootstrap_admin(&secret, &a.label, ttl, &Actor::current_cli_user(), now);
-    output::warnings(&mgr.take_warnings());
-    let b = res?;
+    let b = manage(cfg, now, |mgr, actor, now| {
+        mgr.bootstrap_admin(&secret, &a.label, ttl, actor, now)
+    })?;
     drop(secret);
     let r = &b.info.record;
     if cfg.json {

@@ -39,7 +39,7 @@ use super::{
     BackupManifest, Change, Check, CommitInfo, KeyStore, RestoreReport, Snapshot, VerifyOptions,
     VerifyReport,
 };
-use crate::audit::{self, Actor, AuditDraft, AuditEvent, EventPage, EventQuery};
+use crate::audit::{self, Actor, AuditDraft, EventPage, EventQuery};
 use crate::error::{Error, Result};
 use crate::record::{self, KeyMap, LoadContext, RenderCache};
 use crate::token::{sha256_hex, short};
@@ -127,6 +127,18 @@ struct Current {
     rendered: RenderCache,
 }
 
+impl Current {
+    /// No store file: no keys.
+    fn missing() -> Self {
+        Current {
+            keys: KeyMap::new(),
+            digest: None,
+            stamp: None,
+            rendered: RenderCache::default(),
+        }
+    }
+}
+
 /// Computes a restore's replacement map and audit lines from the live log bytes.
 pub(crate) type ReplacementPlan<'a> = dyn FnMut(&[u8]) -> Result<(KeyMap, Vec<AuditDraft>)> + 'a;
 
@@ -162,6 +174,17 @@ enum Base {
     Adopt,
     /// A replacement map; the live store is not read (restore).
     Replace(KeyMap),
+}
+
+impl Base {
+    /// What recovery may do for a commit on this base.
+    fn mode(&self) -> Mode {
+        match self {
+            Base::Live => Mode::Live,
+            Base::Adopt => Mode::Adopt,
+            Base::Replace(_) => Mode::Replace,
+        }
+    }
 }
 
 /// A JSON-file key store. Cheap to share across threads.
@@ -301,12 +324,7 @@ impl FileStore {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 *cache = None;
-                return Ok(Current {
-                    keys: KeyMap::new(),
-                    digest: None,
-                    stamp: None,
-                    rendered: RenderCache::default(),
-                });
+                return Ok(Current::missing());
             }
             Err(e) => return Err(Error::io("stat store", &self.store, e)),
         };
@@ -335,12 +353,7 @@ impl FileStore {
         // The stamp kept is the one of the file actually read (it may have been replaced
         // since the stat above).
         let Some((stamp, bytes)) = read_with_stamp(&self.store)? else {
-            return Ok(Current {
-                keys: KeyMap::new(),
-                digest: None,
-                stamp: None,
-                rendered: RenderCache::default(),
-            });
+            return Ok(Current::missing());
         };
         let (keys, digest) = parse_and_digest(&bytes, &self.store, self.ctx(now))?;
         Ok(Current {
@@ -561,22 +574,17 @@ impl FileStore {
             current,
             mut drafts,
             notes,
-        } = self.recover(
-            cache,
-            now,
-            match base {
-                Base::Live => Mode::Live,
-                Base::Adopt => Mode::Adopt,
-                Base::Replace(_) => Mode::Replace,
-            },
-        )?;
+        } = self.recover(cache, now, base.mode())?;
         warnings.extend(notes);
         // A store xai-keys wrote always has a chained line behind it. Without one the log was
         // emptied or deleted; writing now would start a fresh chain and hide the erasure.
-        let live = matches!(base, Base::Live);
-        if live
-            && head.store_sha256.is_none()
-            && current.as_ref().is_some_and(|c| written_by_us(&c.keys))
+        if matches!(base, Base::Live)
+            && let Some(c) = &current
+            && anchor(
+                head.store_sha256.as_deref(),
+                c.digest.as_deref(),
+                written_by_us(&c.keys),
+            ) == Anchor::Erased
         {
             *cache = None;
             return Err(self.unanchored());
@@ -625,7 +633,7 @@ impl FileStore {
         }
         // 4. audit lines: the commit point
         let mut text = String::new();
-        let mut prev = head.next_prev_hash.clone();
+        let mut prev = head.next_prev_hash(&self.log)?;
         let mut lines = Vec::with_capacity(drafts.len());
         // Every line but the last says the commit continues, so that a cut-short append is
         // recognised as uncommitted even when it ends on a line boundary.
@@ -638,13 +646,11 @@ impl FileStore {
             } else {
                 d
             };
-            let (line, h) = audit::build_line(now, d, actor, &digest, &prev);
-            text.push_str(&line);
+            let (event, h) = audit::build_event(now, d, actor, &digest, &prev);
+            text.push_str(&Value::Object(event.clone()).to_string());
             text.push('\n');
             prev = h;
-            if let Ok(obj) = serde_json::from_str::<AuditEvent>(&line) {
-                lines.push(obj);
-            }
+            lines.push(event);
         }
         let log_existed = head.complete_len > 0 || self.log.exists();
         if let Err(e) = self.append_log(text.as_bytes(), head.complete_len, log_owner) {
@@ -755,29 +761,26 @@ impl KeyStore for FileStore {
         let exists = cur.stamp.is_some();
         Self::hydration_warnings(&cur.keys, &mut warnings);
         match &head {
-            Ok(h) if h.problem.is_some() => {
-                if let Some(p) = &h.problem {
-                    warnings.push(format!(
-                        "audit log {} line {}: {}; the store cannot be checked against it. Run `xai-keys verify`",
-                        self.log.display(),
-                        p.line,
-                        p.problem
-                    ));
+            Ok(audit::LogHead {
+                problem: Some(p), ..
+            }) => {
+                warnings.push(format!(
+                    "audit log {} line {}: {}; the store cannot be checked against it. Run `xai-keys verify`",
+                    self.log.display(),
+                    p.line,
+                    p.problem
+                ));
+            }
+            Ok(_) => match anchor(want.as_deref(), cur.digest.as_deref(), written_by_us(&cur.keys)) {
+                Anchor::Erased => {
+                    warnings.push(format!("{}; run `xai-keys verify`", self.unanchored()));
                 }
-            }
-            Ok(_) if want.is_none() && written_by_us(&cur.keys) => {
-                warnings.push(format!("{}; run `xai-keys verify`", self.unanchored()));
-            }
-            Ok(_) => {
-                if let Some(w) = &want
-                    && cur.digest.as_deref() != Some(w.as_str())
-                {
-                    warnings.push(format!(
-                        "{} is not the state recorded by the last audit line (changed outside xai-keys, or the log was truncated); run `xai-keys verify`",
-                        self.store.display()
-                    ));
-                }
-            }
+                Anchor::Mismatch { .. } => warnings.push(format!(
+                    "{} is not the state recorded by the last audit line (changed outside xai-keys, or the log was truncated); run `xai-keys verify`",
+                    self.store.display()
+                )),
+                Anchor::Recorded | Anchor::NoChainYet => {}
+            },
             Err(e) => warnings.push(format!("cannot read the audit log's tail: {e}")),
         }
         // A cache hit implies an earlier call (only calls that set `served` fill the cache), so
@@ -951,7 +954,12 @@ impl KeyStore for FileStore {
                         ),
                     );
                 }
-                match (&rep.last_store_sha256, &store_digest) {
+                let state = anchor(
+                    rep.last_store_sha256.as_deref(),
+                    store_digest.as_deref(),
+                    ours,
+                );
+                match state {
                     _ if !store_readable => push(
                         "store matches log",
                         "warn",
@@ -960,7 +968,7 @@ impl KeyStore for FileStore {
                             self.store.display()
                         ),
                     ),
-                    (Some(want), got) if got.as_deref() != Some(want.as_str()) => push(
+                    Anchor::Mismatch { want } => push(
                         "store matches log",
                         "fail",
                         Error::StoreMismatch {
@@ -969,15 +977,15 @@ impl KeyStore for FileStore {
                         }
                         .to_string(),
                     ),
-                    (Some(_), _) => push(
+                    Anchor::Recorded => push(
                         "store matches log",
                         "ok",
                         "store is the state recorded by the last audit line".into(),
                     ),
-                    (None, _) if ours => {
+                    Anchor::Erased => {
                         push("store matches log", "fail", self.unanchored().to_string())
                     }
-                    (None, _) => push(
+                    Anchor::NoChainYet => push(
                         "store matches log",
                         "ok",
                         "no chained audit line yet (legacy or empty log)".into(),
@@ -1069,11 +1077,34 @@ impl FileStore {
 
 /// Whether a store holds records only xai-keys writes (`origin` is ours, never the reference
 /// tool's). Such a store always has a chained audit line: without one, the log was emptied,
-/// deleted or replaced, and `verify` says so (a reader warns). Writers still go ahead, as
-/// after a log rotation, which starts a new chain. A heuristic against accidents and naive
-/// tampering: an editor can drop the field too.
+/// deleted or replaced; writers refuse, `verify` fails and readers warn until `verify --adopt`
+/// (e.g. after a log rotation). A heuristic against accidents and naive tampering: an editor
+/// can drop the field too.
 fn written_by_us(keys: &KeyMap) -> bool {
     keys.values().any(|r| r.origin.is_some())
+}
+
+/// How the store stands against the state the audit log last recorded. One decision for
+/// writers (which refuse all but `Recorded`/`NoChainYet`), readers (which warn) and `verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Anchor<'a> {
+    /// The store is the state the last chained line records.
+    Recorded,
+    /// The log records another state (`want`): an out-of-band edit or a truncated log.
+    Mismatch { want: &'a str },
+    /// The store holds xai-keys records but the log has no chained line: the log was erased.
+    Erased,
+    /// A legacy or empty log and a store xai-keys has not written: the chain starts later.
+    NoChainYet,
+}
+
+fn anchor<'a>(want: Option<&'a str>, digest: Option<&str>, ours: bool) -> Anchor<'a> {
+    match want {
+        Some(w) if digest == Some(w) => Anchor::Recorded,
+        Some(w) => Anchor::Mismatch { want: w },
+        None if ours => Anchor::Erased,
+        None => Anchor::NoChainYet,
+    }
 }
 
 /// Reads a file with the stamp of the very file read (`None` if it does not exist).
@@ -1124,11 +1155,6 @@ fn with_digest<T>(
     });
     // No thread (resource limits) or a failed one: hash here.
     (out, digest.unwrap_or_else(|| sha256_hex(bytes)))
-}
-
-/// Parses a JSON audit value's string field.
-pub(crate) fn str_field<'a>(e: &'a AuditEvent, k: &str) -> Option<&'a str> {
-    e.get(k).and_then(Value::as_str)
 }
 
 #[cfg(test)]

@@ -218,7 +218,7 @@ proptest! {
         prop_assert_eq!(replay(&log_events(&log)), ids_in_file(store.store_path()));
         // The head the next writer links to is the last line's hash.
         if total > 0 {
-            prop_assert_eq!(Some(audit::read_head(&log).unwrap().next_prev_hash), rep.last_hash);
+            prop_assert_eq!(Some(audit::read_head(&log).unwrap().next_prev_hash(&log).unwrap()), rep.last_hash);
         }
     }
 }

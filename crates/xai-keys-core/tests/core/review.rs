@@ -206,7 +206,13 @@ fn recovery_never_truncates_the_last_committed_line() {
     let head = audit::read_head(&lp).unwrap();
     // An intact, linked, marked line: indistinguishable from a cut-short commit; removed.
     let d = audit::AuditDraft::new("issue", Some(&"ab".repeat(32))).with("tx_continues", true);
-    let (line, _) = audit::build_line(T0 + 2.0, &d, &actor(), "x", &head.next_prev_hash);
+    let (line, _) = audit::build_line(
+        T0 + 2.0,
+        &d,
+        &actor(),
+        "x",
+        &head.next_prev_hash(&lp).unwrap(),
+    );
     append(&lp, format!("{line}\n").as_bytes());
     let m2 = KeyManager::new(&store, policy());
     issue(&m2, "two", T0 + 3.0);

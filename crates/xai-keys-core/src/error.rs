@@ -137,6 +137,32 @@ pub enum Error {
 
     #[error("backup {path}: {problem}", path = path.display())]
     Backup { path: PathBuf, problem: String },
+
+    /// The usage sidecar (`<store>.usage`) cannot be parsed. It only holds last-use
+    /// statistics, so deleting it loses nothing else.
+    #[error(
+        "usage file {path} is corrupt: {problem}. It only holds last-use statistics, so it can be deleted safely (`rm {path}`); the next flush writes a fresh one",
+        path = path.display()
+    )]
+    CorruptUsage { path: PathBuf, problem: String },
+
+    /// A guarded revocation (`--if-idle`) found the key used within the idle window.
+    #[error(
+        "key {key_id} was last used {when} by client {client} on route {route}, within the idle window of {window}: revoke refused. Confirm that this client has switched to another key, or retry without the idle guard (--if-idle)",
+        when = fmt_epoch_utc(*last_used),
+        client = shown(last_client),
+        route = shown(last_route),
+        window = fmt_secs(*idle_secs)
+    )]
+    RecentlyUsed {
+        key_id: String,
+        /// When the key was last used, epoch seconds.
+        last_used: f64,
+        /// The idle window the caller asked for, seconds.
+        idle_secs: f64,
+        last_client: String,
+        last_route: String,
+    },
 }
 
 impl Error {
@@ -152,10 +178,12 @@ impl Error {
             | Error::InvalidInput(_)
             | Error::Ambiguous { .. } => ErrorClass::Invalid,
             Error::NotFound(_) => ErrorClass::NotFound,
-            Error::PermanentDisabled | Error::Duplicate(_) | Error::KeyState { .. } => {
-                ErrorClass::Conflict
-            }
+            Error::PermanentDisabled
+            | Error::Duplicate(_)
+            | Error::KeyState { .. }
+            | Error::RecentlyUsed { .. } => ErrorClass::Conflict,
             Error::CorruptStore { .. }
+            | Error::CorruptUsage { .. }
             | Error::CorruptLog { .. }
             | Error::StoreMismatch { .. }
             | Error::InsecurePermissions { .. }
@@ -188,6 +216,8 @@ impl Error {
             Error::Io { .. } => "io_error",
             Error::Random(_) => "rng_error",
             Error::Backup { .. } => "backup_error",
+            Error::CorruptUsage { .. } => "corrupt_usage",
+            Error::RecentlyUsed { .. } => "recently_used",
         }
     }
 
@@ -252,6 +282,69 @@ impl std::fmt::Display for TextField {
     }
 }
 
+/// Text another process supplied (a client address, a route), quoted with the characters that
+/// would act on a terminal escaped; `unknown` when empty.
+fn shown(s: &str) -> String {
+    if s.is_empty() {
+        return "unknown".into();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if crate::ops::is_unsafe_text_char(c) || c == '"' || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Epoch seconds as RFC 3339 UTC to the second (`2026-01-31T12:00:00Z`), for messages.
+pub(crate) fn fmt_epoch_utc(t: f64) -> String {
+    if !t.is_finite() || t.abs() > 1e14 {
+        return format!("at epoch {t}");
+    }
+    let secs = t.floor() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "at {year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// A window in seconds, compactly (`15m`, `1h30m`, `90.5s`).
+fn fmt_secs(s: f64) -> String {
+    if !s.is_finite() || s < 0.0 || s.fract() != 0.0 || s > 1e12 {
+        return format!("{s}s");
+    }
+    let mut n = s as u64;
+    if n == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if n >= size {
+            out.push_str(&format!("{}{unit}", n / size));
+            n %= size;
+        }
+    }
+    out
+}
+
 /// What to do about the common operating-system failures.
 fn io_hint(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
@@ -286,5 +379,40 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    #[test]
+    fn epoch_times_and_windows_read_naturally() {
+        assert_eq!(fmt_epoch_utc(0.0), "at 1970-01-01T00:00:00Z");
+        assert_eq!(fmt_epoch_utc(1_769_860_800.9), "at 2026-01-31T12:00:00Z");
+        assert_eq!(fmt_epoch_utc(951_782_400.0), "at 2000-02-29T00:00:00Z");
+        assert_eq!(fmt_secs(900.0), "15m");
+        assert_eq!(fmt_secs(5_400.0), "1h30m");
+        assert_eq!(fmt_secs(90.5), "90.5s");
+    }
+
+    #[test]
+    fn recently_used_names_when_who_and_the_way_out() {
+        let e = Error::RecentlyUsed {
+            key_id: "ab".repeat(32),
+            last_used: 1_769_860_800.0,
+            idle_secs: 900.0,
+            last_client: "10.0.0.7".into(),
+            last_route: "/api/v1/tx\x1b[2J".into(),
+        };
+        let msg = e.to_string();
+        assert_eq!(e.code(), "recently_used");
+        assert_eq!(e.class(), ErrorClass::Conflict);
+        for want in [
+            "2026-01-31T12:00:00Z",
+            "\"10.0.0.7\"",
+            "/api/v1/tx",
+            "15m",
+            "switched",
+            "without the idle guard",
+        ] {
+            assert!(msg.contains(want), "{want}: {msg}");
+        }
+        assert!(!msg.contains('\x1b'), "{msg}");
     }
 }

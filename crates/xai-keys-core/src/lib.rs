@@ -13,6 +13,7 @@ pub mod record;
 pub mod scope;
 pub mod store;
 pub mod token;
+pub mod usage;
 
 pub use error::{Error, ErrorClass, Result, TextField};
 pub use scope::Scope;

@@ -14,6 +14,7 @@ use crate::record::{KeyMap, KeyRecord, KeyState, Origin};
 use crate::scope::Scope;
 use crate::store::KeyStore;
 use crate::token::{KeyId, PlainToken};
+use crate::usage::{self, KeyUsage, UsageMap};
 
 /// Longest label accepted.
 pub const MAX_LABEL_CHARS: usize = 256;
@@ -305,12 +306,75 @@ impl<'a> KeyManager<'a> {
         actor: &Actor,
         now: f64,
     ) -> Result<KeyInfo> {
+        self.revoke_with(given, reason, None, actor, now)
+    }
+
+    /// [`KeyManager::revoke`] with an idle guard: with `if_idle_secs` set to `w` (finite,
+    /// greater than zero), the revocation is refused with [`Error::RecentlyUsed`] when the key
+    /// was used after `now - w` according to the store's usage statistics
+    /// ([`KeyStore::usage`]) merged with `recent`, a caller's not yet recorded uses (the
+    /// gateway's in-memory counts; the later `last_used` wins). The statistics are read before
+    /// the commit; the id (a full id or a unique prefix) is resolved and the guard checked
+    /// inside it, on the map the revocation applies to. Without `if_idle_secs` this is
+    /// [`KeyManager::revoke`] (`recent` is ignored, nothing else is read).
+    ///
+    /// A usage record that cannot be read refuses a guarded revocation (the guard cannot be
+    /// checked): the error names the file, which can be deleted safely.
+    pub fn revoke_guarded(
+        &self,
+        given: &str,
+        reason: Option<&str>,
+        if_idle_secs: Option<f64>,
+        recent: Option<&UsageMap>,
+        actor: &Actor,
+        now: f64,
+    ) -> Result<KeyInfo> {
+        let Some(window) = if_idle_secs else {
+            return self.revoke_with(given, reason, None, actor, now);
+        };
+        if !window.is_finite() || window <= 0.0 {
+            return Err(Error::InvalidInput(format!(
+                "the idle guard (--if-idle, if_idle_secs) must be a finite duration greater than zero, got {window} seconds"
+            )));
+        }
+        // Checked before the statistics are read: a bad reason is the caller's first error.
+        if let Some(r) = reason {
+            check_text(TextField::Reason, r)?;
+        }
+        let mut seen = self.store.usage()?;
+        if let Some(r) = recent {
+            usage::merge(&mut seen, r);
+        }
+        self.revoke_with(given, reason, Some((window, &seen)), actor, now)
+    }
+
+    /// Revokes, refusing (inside the commit) a key used within `guard`'s window.
+    fn revoke_with(
+        &self,
+        given: &str,
+        reason: Option<&str>,
+        guard: Option<(f64, &UsageMap)>,
+        actor: &Actor,
+        now: f64,
+    ) -> Result<KeyInfo> {
         let reason = reason
             .map(|r| check_text(TextField::Reason, r))
             .transpose()?;
         let mut out = None;
         self.commit(actor, now, &mut |keys: &mut KeyMap| {
             let id = resolve(keys, given)?;
+            if let Some((window, seen)) = guard
+                && let Some(u) = seen.get(id.as_str())
+                && u.last_used > now - window
+            {
+                return Err(Error::RecentlyUsed {
+                    key_id: id.to_string(),
+                    last_used: u.last_used,
+                    idle_secs: window,
+                    last_client: u.last_client.clone(),
+                    last_route: u.last_route.clone(),
+                });
+            }
             let Some(rec) = keys.remove(&id) else {
                 return Err(Error::NotFound(id.to_string()));
             };
@@ -564,4 +628,24 @@ pub fn listing_json(k: &KeyInfo, now: f64) -> Value {
     m.insert("replaced_by".into(), r.replaced_by.clone().into());
     m.insert("fingerprint".into(), k.key_id.fingerprint().into());
     Value::Object(m)
+}
+
+/// [`listing_json`] plus the key's last use: `last_used` (epoch seconds or `null`),
+/// `use_count` (0 when none), `last_client` and `last_route` (`null` when none).
+pub fn listing_json_with_usage(k: &KeyInfo, usage: Option<&KeyUsage>, now: f64) -> Value {
+    let mut v = listing_json(k, now);
+    if let Some(m) = v.as_object_mut() {
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        m.insert("last_used".into(), usage.map(|u| u.last_used).into());
+        m.insert("use_count".into(), usage.map_or(0, |u| u.count).into());
+        m.insert(
+            "last_client".into(),
+            usage.and_then(|u| text(&u.last_client)).into(),
+        );
+        m.insert(
+            "last_route".into(),
+            usage.and_then(|u| text(&u.last_route)).into(),
+        );
+    }
+    v
 }

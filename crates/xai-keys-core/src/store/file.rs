@@ -1,4 +1,6 @@
-//! The local JSON file backend: `<store>`, `<store>.log`, `<store>.lock`, `<store>.pending`.
+//! The local JSON file backend: `<store>`, `<store>.log`, `<store>.lock`, `<store>.pending`,
+//! and the last-use statistics `<store>.usage` with their own lock `<store>.usage.lock`
+//! ([`crate::usage`]).
 //!
 //! Commit protocol (documented in `docs/ARCHITECTURE.md`), all under an exclusive `flock` on
 //! `<store>.lock` plus an in-process mutex:
@@ -30,19 +32,20 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::fsutil::{self, check_all};
 use super::{
-    BackupManifest, Change, Check, CommitInfo, KeyStore, RestoreReport, Snapshot, VerifyOptions,
-    VerifyReport,
+    BackupManifest, Change, Check, CommitInfo, Integrity, KeyStore, RestoreReport, Snapshot,
+    StoreVersion, VerifyOptions, VerifyReport,
 };
 use crate::audit::{self, Actor, AuditDraft, EventPage, EventQuery};
 use crate::error::{Error, Result};
 use crate::record::{self, KeyMap, LoadContext, RenderCache};
 use crate::token::{sha256_hex, short};
+use crate::usage::{self, UsageMap};
 
 /// Whether commits fsync. Only benchmarks measuring "excluding fsync" turn it off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +197,8 @@ pub struct FileStore {
     log: PathBuf,
     lock: PathBuf,
     pending: PathBuf,
+    usage: PathBuf,
+    usage_lock: PathBuf,
     dir: PathBuf,
     opts: FileStoreOptions,
     /// In-process serialisation of writers, and the last parse of the store.
@@ -231,6 +236,8 @@ impl FileStore {
             log: sibling(&store, ".log"),
             lock: sibling(&store, ".lock"),
             pending: sibling(&store, ".pending"),
+            usage: sibling(&store, ".usage"),
+            usage_lock: sibling(&store, ".usage.lock"),
             store,
             dir,
             opts,
@@ -245,6 +252,11 @@ impl FileStore {
 
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// `<store>.usage`: the last-use statistics ([`crate::usage`]).
+    pub fn usage_path(&self) -> &Path {
+        &self.usage
     }
 
     fn ctx(&self, now: f64) -> LoadContext {
@@ -275,41 +287,13 @@ impl FileStore {
     fn lock_file(&self) -> Result<File> {
         fsutil::ensure_dir(&self.dir)?;
         // Created by root in a store another user owns, the lock file is that user's.
-        let f = fsutil::open_or_create(
+        fsutil::lock_exclusive(
             &self.lock,
-            fs::OpenOptions::new().read(true).write(true),
             fsutil::owner_to_keep(&[&self.dir])?,
-            "open lock file",
-        )?;
-        let start = Instant::now();
-        // A timeout too large to add to the clock means no deadline.
-        let deadline = start.checked_add(self.opts.lock_timeout);
-        let mut notify = self.opts.on_lock_wait;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            match f.try_lock() {
-                Ok(()) => return Ok(f),
-                Err(fs::TryLockError::WouldBlock) => {
-                    if let Some(cb) = notify
-                        && start.elapsed() >= LOCK_WAIT_NOTICE
-                    {
-                        notify = None;
-                        cb(&self.lock);
-                    }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(Error::LockTimeout {
-                            path: self.lock.clone(),
-                            seconds: self.opts.lock_timeout.as_secs(),
-                        });
-                    }
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(20));
-                }
-                Err(fs::TryLockError::Error(e)) => {
-                    return Err(Error::io("lock", &self.lock, e));
-                }
-            }
-        }
+            self.opts.lock_timeout,
+            LOCK_WAIT_NOTICE,
+            self.opts.on_lock_wait,
+        )
     }
 
     /// Reads the store, reusing the cached parse when the file is unchanged, or the bytes and
@@ -760,29 +744,46 @@ impl KeyStore for FileStore {
         let cur = self.read_current(&mut cache, now, None)?;
         let exists = cur.stamp.is_some();
         Self::hydration_warnings(&cur.keys, &mut warnings);
-        match &head {
+        let integrity = match &head {
             Ok(audit::LogHead {
                 problem: Some(p), ..
             }) => {
-                warnings.push(format!(
-                    "audit log {} line {}: {}; the store cannot be checked against it. Run `xai-keys verify`",
+                let why = format!(
+                    "audit log {} line {}: {}",
                     self.log.display(),
                     p.line,
                     p.problem
+                );
+                warnings.push(format!(
+                    "{why}; the store cannot be checked against it. Run `xai-keys verify`"
                 ));
+                Integrity::Unverifiable(why)
             }
-            Ok(_) => match anchor(want.as_deref(), cur.digest.as_deref(), written_by_us(&cur.keys)) {
+            Ok(_) => match anchor(
+                want.as_deref(),
+                cur.digest.as_deref(),
+                written_by_us(&cur.keys),
+            ) {
                 Anchor::Erased => {
                     warnings.push(format!("{}; run `xai-keys verify`", self.unanchored()));
+                    Integrity::Erased
                 }
-                Anchor::Mismatch { .. } => warnings.push(format!(
-                    "{} is not the state recorded by the last audit line (changed outside xai-keys, or the log was truncated); run `xai-keys verify`",
-                    self.store.display()
-                )),
-                Anchor::Recorded | Anchor::NoChainYet => {}
+                Anchor::Mismatch { .. } => {
+                    warnings.push(format!(
+                        "{} is not the state recorded by the last audit line (changed outside xai-keys, or the log was truncated); run `xai-keys verify`",
+                        self.store.display()
+                    ));
+                    Integrity::Mismatch
+                }
+                Anchor::Recorded => Integrity::Recorded,
+                Anchor::NoChainYet => Integrity::NoChainYet,
             },
-            Err(e) => warnings.push(format!("cannot read the audit log's tail: {e}")),
-        }
+            Err(e) => {
+                let why = format!("cannot read the audit log's tail: {e}");
+                warnings.push(why.clone());
+                Integrity::Unverifiable(why)
+            }
+        };
         // A cache hit implies an earlier call (only calls that set `served` fill the cache), so
         // a hit is always put back; a first load hands its parse over without copying it.
         let keep = self.served.swap(true, Ordering::Relaxed);
@@ -803,7 +804,32 @@ impl KeyStore for FileStore {
             keys,
             exists,
             warnings,
+            integrity,
         })
+    }
+
+    fn version(&self) -> Result<StoreVersion> {
+        let mut v = String::with_capacity(320);
+        stamp_into(&mut v, 's', &self.store, true)?;
+        stamp_into(&mut v, 'l', &self.log, true)?;
+        // The pending file is never followed (recovery does not follow it either).
+        stamp_into(&mut v, 'p', &self.pending, false)?;
+        // The directory's identity and mode only: its timestamps change with every file
+        // created or renamed in it (usage flushes, lock files) and would force needless loads,
+        // but a chmod of it decides whether a load is refused.
+        match fs::metadata(&self.dir) {
+            Ok(m) => v.push_str(&format!(
+                "d{}:{}:{:o}:{}:{}",
+                m.dev(),
+                m.ino(),
+                m.mode(),
+                m.uid(),
+                m.gid()
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => v.push_str("d-"),
+            Err(e) => return Err(Error::io("stat directory", &self.dir, e)),
+        }
+        Ok(StoreVersion(v))
     }
 
     fn commit(&self, actor: &Actor, now: f64, change: &mut Change<'_>) -> Result<CommitInfo> {
@@ -1012,6 +1038,27 @@ impl KeyStore for FileStore {
     fn restore(&self, from: &Path, actor: &Actor, now: f64) -> Result<RestoreReport> {
         crate::backup::restore_file_store(self, from, actor, now)
     }
+
+    fn usage(&self) -> Result<UsageMap> {
+        check_all(&[&self.dir, &self.usage], &mut Vec::new())?;
+        Ok(usage::read(&self.usage)?.unwrap_or_default())
+    }
+
+    fn record_usage(&self, deltas: &UsageMap, live: &dyn Fn(&str) -> bool, now: f64) -> Result<()> {
+        usage::record(
+            &usage::UsagePaths {
+                file: &self.usage,
+                lock: &self.usage_lock,
+                store: &self.store,
+                dir: &self.dir,
+                sync: self.sync(),
+                lock_timeout: self.opts.lock_timeout,
+            },
+            deltas,
+            live,
+            now,
+        )
+    }
 }
 
 /// Internals shared with `backup.rs`.
@@ -1104,6 +1151,39 @@ fn anchor<'a>(want: Option<&'a str>, digest: Option<&str>, ours: bool) -> Anchor
         Some(w) => Anchor::Mismatch { want: w },
         None if ours => Anchor::Erased,
         None => Anchor::NoChainYet,
+    }
+}
+
+/// Appends `tag` and the stamp of `path` (device, inode, size, mtime and ctime in nanoseconds,
+/// mode, owner) to `out`, or `tag-` when it does not exist. `follow`: stat through a link.
+fn stamp_into(out: &mut String, tag: char, path: &Path, follow: bool) -> Result<()> {
+    let meta = if follow {
+        fs::metadata(path)
+    } else {
+        fs::symlink_metadata(path)
+    };
+    match meta {
+        Ok(m) => {
+            let s = FileStamp::of(&m);
+            out.push_str(&format!(
+                "{tag}{}:{}:{}:{}:{}:{:o}:{}:{};",
+                s.dev,
+                s.ino,
+                s.len,
+                s.mtime_ns,
+                s.ctime_ns,
+                m.mode(),
+                m.uid(),
+                m.gid()
+            ));
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            out.push(tag);
+            out.push_str("-;");
+            Ok(())
+        }
+        Err(e) => Err(Error::io("stat", path, e)),
     }
 }
 
@@ -1237,5 +1317,95 @@ mod tests {
         let keys = a.load(1_800_000_008.0).unwrap().keys;
         assert!(keys.contains_key(&k3));
         assert!(!keys.contains_key(&k1) && !keys.contains_key(&k2));
+    }
+
+    /// `version` changes with every commit and every out-of-band change a load would see, and
+    /// with nothing else: it stats, never reads or creates.
+    #[test]
+    fn the_version_changes_with_every_change_and_only_then() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys_dir = dir.path().join("keys");
+        let sp = keys_dir.join("api_keys.json");
+        let s = fast(&sp);
+        let m = KeyManager::new(&s, TtlPolicy::default());
+        let mut last = s.version().unwrap();
+        assert_eq!(s.version().unwrap(), last);
+        assert!(!keys_dir.exists(), "version created something");
+        fn changed_from(last: &mut StoreVersion, what: &str, s: &FileStore) {
+            let v = s.version().unwrap();
+            assert_ne!(v, *last, "{what} did not change the version");
+            assert_eq!(s.version().unwrap(), v, "two calls after {what} differ");
+            *last = v;
+        }
+        let t = 1_800_000_000.0;
+        let k1 = issue(&m, t);
+        changed_from(&mut last, "issue", &s);
+        let k2 = issue(&m, t + 1.0);
+        changed_from(&mut last, "a second issue", &s);
+        // A load changes nothing.
+        s.load(t + 2.0).unwrap();
+        s.load(t + 2.0).unwrap();
+        assert_eq!(s.version().unwrap(), last, "a load changed the version");
+        m.revoke(k1.as_str(), None, &Actor::System, t + 3.0)
+            .unwrap();
+        changed_from(&mut last, "revoke", &s);
+        m.set_disabled(k2.as_str(), true, &Actor::System, t + 4.0)
+            .unwrap();
+        changed_from(&mut last, "disable", &s);
+        // Out-of-band: an edit in place (same inode), a replacement, a chmod.
+        let mut text = fs::read_to_string(&sp).unwrap();
+        text.push('\n');
+        fs::write(&sp, &text).unwrap();
+        changed_from(&mut last, "an edit in place", &s);
+        let copy = keys_dir.join("copy.json");
+        fs::write(&copy, text.trim_end()).unwrap();
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::rename(&copy, &sp).unwrap();
+        changed_from(&mut last, "a replacement", &s);
+        fs::set_permissions(&sp, fs::Permissions::from_mode(0o400)).unwrap();
+        changed_from(&mut last, "chmod 400", &s);
+        fs::set_permissions(&sp, fs::Permissions::from_mode(0o600)).unwrap();
+        changed_from(&mut last, "chmod 600", &s);
+        // The log: a truncation, a chmod.
+        let log = s.log_path().to_path_buf();
+        let len = fs::metadata(&log).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        changed_from(&mut last, "a truncated log", &s);
+        fs::set_permissions(&log, fs::Permissions::from_mode(0o640)).unwrap();
+        changed_from(&mut last, "chmod of the log", &s);
+        // A pending file appearing and going; the directory's mode.
+        fs::write(sibling(&sp, ".pending"), b"{}").unwrap();
+        changed_from(&mut last, "a pending file", &s);
+        fs::remove_file(sibling(&sp, ".pending")).unwrap();
+        changed_from(&mut last, "the pending file removed", &s);
+        fs::set_permissions(&keys_dir, fs::Permissions::from_mode(0o750)).unwrap();
+        changed_from(&mut last, "chmod of the directory", &s);
+        // Files beside the store that a load does not read do not count.
+        fs::write(keys_dir.join("other"), b"x").unwrap();
+        s.record_usage(
+            &crate::usage::UsageMap::from([(
+                k2.to_string(),
+                crate::usage::KeyUsage {
+                    last_used: t,
+                    count: 1,
+                    last_client: String::new(),
+                    last_route: String::new(),
+                },
+            )]),
+            &|_: &str| true,
+            t,
+        )
+        .unwrap();
+        assert_eq!(
+            s.version().unwrap(),
+            last,
+            "an unrelated file changed the version"
+        );
     }
 }

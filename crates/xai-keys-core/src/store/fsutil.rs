@@ -1,10 +1,11 @@
 //! Filesystem helpers: owner-only creation, permission checks, ownership kept when running
-//! as root, directory fsync.
+//! as root, directory fsync, exclusive lock files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -226,5 +227,49 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
+/// Opens (creating 0600, given `owner`) the lock file `path` and takes an exclusive `flock` on
+/// it, polling up to `timeout` (no deadline when it does not fit the clock). `on_wait` is
+/// called once, with `path`, after `notice` of waiting. The lock lasts as long as the file.
+pub fn lock_exclusive(
+    path: &Path,
+    owner: Option<Owner>,
+    timeout: Duration,
+    notice: Duration,
+    on_wait: Option<fn(&Path)>,
+) -> Result<File> {
+    let f = open_or_create(
+        path,
+        OpenOptions::new().read(true).write(true),
+        owner,
+        "open lock file",
+    )?;
+    let start = Instant::now();
+    let deadline = start.checked_add(timeout);
+    let mut notify = on_wait;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(fs::TryLockError::WouldBlock) => {
+                if let Some(cb) = notify
+                    && start.elapsed() >= notice
+                {
+                    notify = None;
+                    cb(path);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Error::LockTimeout {
+                        path: path.to_path_buf(),
+                        seconds: timeout.as_secs(),
+                    });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+        }
     }
 }

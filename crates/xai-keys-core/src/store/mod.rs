@@ -5,17 +5,61 @@
 //! writer (other threads and other processes), and durable with its audit lines before it returns.
 //! The local JSON file ([`file::FileStore`]) is the default; a distributed backend (etcd) plugs in
 //! behind the same trait.
+//!
+//! Beside the keys, a backend keeps last-use statistics ([`crate::usage`]): a long-running
+//! gateway records them in batches, front ends read them. They are not audited and not part of
+//! the store's integrity: losing them loses nothing but statistics.
 
 use std::path::Path;
 
 use crate::audit::{Actor, AuditDraft, EventPage, EventQuery};
 use crate::error::Result;
 use crate::record::KeyMap;
+use crate::usage::UsageMap;
 
 pub mod file;
 pub(crate) mod fsutil;
 
 pub use file::{Durability, FileStore, FileStoreOptions};
+
+/// How a loaded store stands against the state its audit log last recorded.
+///
+/// Readers serve the keys whatever this says (a writer refuses all but [`Integrity::Recorded`]
+/// and [`Integrity::NoChainYet`]); a front end can use it to alert, to expose a health signal,
+/// or to refuse to serve. The same finding is also one of [`Snapshot::warnings`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Integrity {
+    /// The store is the state recorded by the last audit line.
+    Recorded,
+    /// No chained audit line yet (a reference-format store, or nothing written): nothing to check against.
+    NoChainYet,
+    /// The store differs from the state the log last recorded (edited outside xai-keys, or the log was truncated).
+    Mismatch,
+    /// The store carries our records but the log has no chained line (log emptied/replaced).
+    Erased,
+    /// The log tail could not be read or is damaged; message says why.
+    Unverifiable(String),
+}
+
+impl Integrity {
+    /// Whether the store is anchored to its log as far as a tail read can tell
+    /// ([`Integrity::Recorded`] or [`Integrity::NoChainYet`]): the states writers accept.
+    pub fn is_consistent(&self) -> bool {
+        matches!(self, Integrity::Recorded | Integrity::NoChainYet)
+    }
+
+    /// A short stable name (`recorded`, `no_chain_yet`, `mismatch`, `erased`,
+    /// `unverifiable`), for metrics labels and JSON.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Integrity::Recorded => "recorded",
+            Integrity::NoChainYet => "no_chain_yet",
+            Integrity::Mismatch => "mismatch",
+            Integrity::Erased => "erased",
+            Integrity::Unverifiable(_) => "unverifiable",
+        }
+    }
+}
 
 /// A consistent read of the store.
 #[derive(Debug, Clone)]
@@ -25,7 +69,16 @@ pub struct Snapshot {
     pub exists: bool,
     /// Non-fatal findings an operator should see (readable permissions, legacy records…).
     pub warnings: Vec<String>,
+    /// The store against its audit log (the structured form of the integrity warning, if any).
+    pub integrity: Integrity,
 }
+
+/// An opaque token that changes whenever the store may have changed (a commit, a rename, a
+/// truncation, a replacement, a chmod, an out-of-band edit). Compare two for equality only:
+/// a long-running front end polls [`KeyStore::version`] and calls [`KeyStore::load`] when it
+/// differs from the last one it loaded at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreVersion(pub String);
 
 /// What a commit wrote.
 #[derive(Debug, Clone, Default)]
@@ -104,6 +157,11 @@ pub trait KeyStore: Send + Sync {
     /// Reads the current keys. Never creates anything.
     fn load(&self, now: f64) -> Result<Snapshot>;
 
+    /// A cheap change detector (a few `stat` calls for the file store; nothing is read or
+    /// created): equal versions mean nothing a [`KeyStore::load`] reads has changed. Take the
+    /// version *before* the load it describes, so a change in between is seen at the next poll.
+    fn version(&self) -> Result<StoreVersion>;
+
     /// Applies `change` atomically and durably, with its audit lines, as `actor` at `now`.
     fn commit(&self, actor: &Actor, now: f64, change: &mut Change<'_>) -> Result<CommitInfo>;
 
@@ -118,4 +176,14 @@ pub trait KeyStore: Send + Sync {
 
     /// Restores a backup without truncating the live log or reviving revoked keys.
     fn restore(&self, from: &Path, actor: &Actor, now: f64) -> Result<RestoreReport>;
+
+    /// Reads the last-use statistics (no lock: they are replaced atomically). Nothing recorded
+    /// yet is an empty map; an unreadable record is [`crate::Error::CorruptUsage`].
+    fn usage(&self) -> Result<UsageMap>;
+
+    /// Merges `deltas` into the last-use statistics under the backend's usage lock (counts add;
+    /// the last use, client and route come from whichever side has the later `last_used`),
+    /// drops every key for which `live(key_id)` is false (revoked keys), and writes the result
+    /// atomically with `updated = now`. See [`crate::usage::merge`].
+    fn record_usage(&self, deltas: &UsageMap, live: &dyn Fn(&str) -> bool, now: f64) -> Result<()>;
 }

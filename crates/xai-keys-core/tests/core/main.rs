@@ -11,4 +11,5 @@ mod props_token;
 mod restore;
 mod review;
 mod threads;
+mod usage;
 mod ux;

@@ -58,6 +58,39 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup without truncating the live log or reviving revoked keys.
     Restore(RestoreArgs),
+    /// Run the authenticating gateway in front of a node's HTTP API.
+    Serve(ServeArgs),
+}
+
+/// `serve`: flags win over the environment. Every other setting is an `XAI_*` variable
+/// (see the README's gateway section).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [env: XAI_LISTEN] [default: 127.0.0.1:8080]. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The node's HTTP API, e.g. http://127.0.0.1:8545 [env: XAI_UPSTREAM_URL]. Without it the
+    /// gateway serves the admin API, /health and /metrics, and answers other routes with 503.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Route policy file (TOML) [env: XAI_ROUTE_POLICY] [default: the built-in policy].
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Print the built-in route policy (a starting point for --policy) and exit.
+    #[arg(long)]
+    pub print_default_policy: bool,
+    /// Do not generate a first admin key on a brand-new store.
+    #[arg(long)]
+    pub no_auto_bootstrap: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
 }
 
 /// Lifetime flags shared by `issue`, `import`, `rotate`, `bootstrap-admin`.
@@ -143,6 +176,10 @@ pub struct RevokeArgs {
     /// Why (recorded in the audit log), e.g. `compromised-INC-1234`.
     #[arg(long)]
     pub reason: Option<String>,
+    /// Refuse if the key was used within this duration (`15m`), according to the gateway's
+    /// last-use statistics (`<store>.usage`), e.g. to check that a client switched keys.
+    #[arg(long, value_name = "DURATION")]
+    pub if_idle: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -36,7 +36,10 @@ fn main() -> ExitCode {
             );
             // Errors about a key's presence say which store was searched (a wrong --store or
             // XAI_API_KEY_STORE is the usual cause of a surprising `not_found`).
-            let about_keys = matches!(code, "not_found" | "ambiguous" | "duplicate" | "key_state");
+            let about_keys = matches!(
+                code,
+                "not_found" | "ambiguous" | "duplicate" | "key_state" | "recently_used"
+            );
             if json_errors {
                 let mut v = serde_json::json!({ "error": code, "message": format!("{e:#}") });
                 if let (Some(p), Some(o)) = (&store, v.as_object_mut()) {

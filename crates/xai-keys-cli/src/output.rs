@@ -21,6 +21,25 @@ pub fn fmt_time(t: Option<f64>) -> String {
     }
 }
 
+/// How long ago epoch time `t` was, compactly (`42s ago`, `3m ago`, `5h ago`, `12d ago`);
+/// `never` for none, `just now` for a time not before `now` (a clock ahead of this one).
+pub fn fmt_ago(t: Option<f64>, now: f64) -> String {
+    let Some(t) = t else {
+        return "never".into();
+    };
+    let d = now - t;
+    if !d.is_finite() || d < 1.0 {
+        return "just now".into();
+    }
+    let s = d as u64;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3_600 => format!("{}m ago", s / 60),
+        3_600..86_400 => format!("{}h ago", s / 3_600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
 /// Writes a line to stdout; a closed pipe surfaces as an error `main` treats as success.
 pub fn line(s: impl AsRef<str>) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -94,5 +113,22 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> Result<()> {
 pub fn warnings(ws: &[String]) {
     for w in ws {
         eprintln!("warning: {w}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_compact() {
+        let now = 1_800_000_000.0;
+        assert_eq!(fmt_ago(None, now), "never");
+        assert_eq!(fmt_ago(Some(now + 5.0), now), "just now");
+        assert_eq!(fmt_ago(Some(now - 0.5), now), "just now");
+        assert_eq!(fmt_ago(Some(now - 42.0), now), "42s ago");
+        assert_eq!(fmt_ago(Some(now - 180.0), now), "3m ago");
+        assert_eq!(fmt_ago(Some(now - 5.0 * 3_600.0), now), "5h ago");
+        assert_eq!(fmt_ago(Some(now - 12.0 * 86_400.0), now), "12d ago");
     }
 }

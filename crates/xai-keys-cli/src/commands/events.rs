@@ -12,7 +12,7 @@ use xai_keys_core::store::{FileStore, KeyStore};
 
 use crate::args::{EventsArgs, WatchArgs};
 use crate::config::{Config, parse_interval, parse_since};
-use crate::output::{self, fmt_time};
+use crate::output::{self, clean, fmt_ago, fmt_time};
 
 /// The actions xai-keys writes (a legacy or gateway log may hold others).
 const KNOWN_ACTIONS: &[&str] = &[
@@ -35,15 +35,17 @@ fn row(e: &AuditEvent) -> Vec<String> {
 
 pub fn events(a: EventsArgs, cfg: &Config) -> Result<bool> {
     let store = cfg.open_store()?;
+    let now = now_epoch();
     let action = a.action.clone();
+    let key_id = a.key_id.map(|k| k.trim().to_ascii_lowercase());
     let q = EventQuery {
         limit: a.limit,
         action: a.action,
-        key_id: a.key_id.map(|k| k.trim().to_ascii_lowercase()),
+        key_id: key_id.clone(),
         since: a
             .since
             .as_deref()
-            .map(|s| parse_since(s, now_epoch()))
+            .map(|s| parse_since(s, now))
             .transpose()?,
     };
     let page = store.events(&q)?;
@@ -74,7 +76,53 @@ pub fn events(a: EventsArgs, cfg: &Config) -> Result<bool> {
         &rows,
     )?;
     eprintln!("{} event(s) from {}", rows.len(), log.display());
+    if let Some(k) = key_id.filter(|k| !k.is_empty()) {
+        last_use_footer(&store, &k, now);
+    }
     Ok(true)
+}
+
+/// Most keys a last-use footer names (a short prefix may match many).
+const MAX_FOOTER_KEYS: usize = 5;
+
+/// For `events --key-id K` in table mode: the last recorded use of the key(s) K names, from
+/// the usage statistics, on stderr like the other footer. Nothing when none is recorded.
+fn last_use_footer(store: &FileStore, prefix: &str, now: f64) {
+    let usage = match store.usage() {
+        Ok(u) => u,
+        Err(e) => {
+            output::warnings(&[format!("last use not shown: {e}")]);
+            return;
+        }
+    };
+    let matches: Vec<_> = usage
+        .range(prefix.to_string()..)
+        .take_while(|(id, _)| id.starts_with(prefix))
+        .collect();
+    for (id, u) in matches.iter().take(MAX_FOOTER_KEYS) {
+        let or_unknown = |s: &str| {
+            if s.is_empty() {
+                "unknown".to_string()
+            } else {
+                clean(s).into_owned()
+            }
+        };
+        eprintln!(
+            "last use of {}: {} ({}) by client {} on route {}; {} use(s) recorded",
+            xai_keys_core::token::short(&clean(id)),
+            fmt_ago(Some(u.last_used), now),
+            fmt_time(Some(u.last_used)),
+            or_unknown(&u.last_client),
+            or_unknown(&u.last_route),
+            u.count
+        );
+    }
+    if matches.len() > MAX_FOOTER_KEYS {
+        eprintln!(
+            "… and {} more key(s) matching {prefix}: give more of the id",
+            matches.len() - MAX_FOOTER_KEYS
+        );
+    }
 }
 
 fn emit(e: &AuditEvent, pretty: bool) -> Result<()> {

@@ -7,13 +7,15 @@ use serde_json::{Value, json};
 use xai_keys_core::audit::Actor;
 use xai_keys_core::ops::{
     IssueRequest, IssuedKey, KeyInfo, KeyManager, ListFilter, RotateRequest, listing_json,
+    listing_json_with_usage,
 };
+use xai_keys_core::store::KeyStore;
 use xai_keys_core::{PlainToken, now_epoch};
 
 use crate::CliError;
 use crate::args::{BootstrapArgs, ImportArgs, IssueArgs, KeyArg, ListArgs, RevokeArgs, RotateArgs};
 use crate::config::{Config, parse_duration, ttl_given, ttl_request};
-use crate::output::{self, clean, fmt_time};
+use crate::output::{self, clean, fmt_ago, fmt_time};
 
 fn issued_json(k: &IssuedKey) -> Value {
     let r = &k.info.record;
@@ -111,10 +113,18 @@ pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
             cfg.store_path.display()
         );
     }
+    // Last-use statistics are a courtesy: the listing works without them.
+    let usage = store.usage().unwrap_or_else(|e| {
+        output::warnings(&[format!("last-use statistics not shown: {e}")]);
+        Default::default()
+    });
     if cfg.json {
         let m: serde_json::Map<String, Value> = keys
             .iter()
-            .map(|k| (k.key_id.to_string(), listing_json(k, now)))
+            .map(|k| {
+                let u = usage.get(k.key_id.as_str());
+                (k.key_id.to_string(), listing_json_with_usage(k, u, now))
+            })
             .collect();
         return output::json(&Value::Object(m)).map(|()| true);
     }
@@ -128,6 +138,7 @@ pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
                 k.state.to_string(),
                 fmt_time(Some(r.created)),
                 fmt_time(r.expires_at),
+                fmt_ago(usage.get(k.key_id.as_str()).map(|u| u.last_used), now),
                 r.replaced_by.as_deref().map_or(String::new(), |s| {
                     format!("→{}", xai_keys_core::token::short(s))
                 }),
@@ -137,7 +148,14 @@ pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
         .collect();
     output::table(
         &[
-            "KEY_ID", "SCOPE", "STATE", "CREATED", "EXPIRES", "ROTATED", "LABEL",
+            "KEY_ID",
+            "SCOPE",
+            "STATE",
+            "CREATED",
+            "EXPIRES",
+            "LAST USED",
+            "ROTATED",
+            "LABEL",
         ],
         &rows,
     )?;
@@ -215,10 +233,15 @@ pub fn import(a: ImportArgs, cfg: &Config) -> Result<bool> {
 
 pub fn revoke(a: RevokeArgs, cfg: &Config) -> Result<bool> {
     let now = now_epoch();
+    let if_idle = a
+        .if_idle
+        .as_deref()
+        .map(|s| parse_duration("--if-idle", s).map(|d| d.as_secs_f64()))
+        .transpose()?;
     // The core checks `--reason` (before it writes anything) and names it in its error
-    // (`invalid_reason`).
+    // (`invalid_reason`), and refuses a key used within `--if-idle` (`recently_used`).
     let k = manage(cfg, now, |mgr, actor, now| {
-        mgr.revoke(&a.key_id, a.reason.as_deref(), actor, now)
+        mgr.revoke_guarded(&a.key_id, a.reason.as_deref(), if_idle, None, actor, now)
     })?;
     print_info(cfg, "revoked", &k, now)?;
     Ok(true)

@@ -9,6 +9,7 @@ use crate::config::Config;
 mod backup;
 mod events;
 mod keys;
+mod serve;
 mod verify;
 
 /// Runs a parsed command; `Ok(false)` means "completed, but exit 1" (verify failures).
@@ -27,5 +28,6 @@ pub fn run(cmd: Command, cfg: &Config) -> Result<bool> {
         Command::Verify(a) => verify::verify(a, cfg),
         Command::Backup(a) => backup::backup(a, cfg),
         Command::Restore(a) => backup::restore(a, cfg),
+        Command::Serve(a) => serve::serve(a, cfg),
     }
 }

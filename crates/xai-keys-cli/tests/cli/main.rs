@@ -9,3 +9,4 @@ mod diskfull;
 mod fixtures;
 mod operator;
 mod smoke;
+mod usage;

@@ -1,0 +1,152 @@
+//! `serve`: resolve the gateway's configuration, bootstrap a first admin key if needed, and
+//! run the server crate's gateway until SIGTERM or SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use xai_keys_core::store::KeyStore;
+use xai_keys_core::token::PlainToken;
+use xai_keys_server::bootstrap::{AUTO_LABEL, Bootstrap, bootstrap};
+use xai_keys_server::{Gateway, ServerConfig};
+
+use crate::args::{LogFormat, ServeArgs};
+use crate::config::Config;
+
+/// Default listen address: loopback, so a gateway is never exposed by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("XAI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    let _ = match format {
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
+    if a.print_default_policy {
+        print!("{}", xai_keys_server::policy::DEFAULT_POLICY_TOML);
+        return Ok(true);
+    }
+    let env = |k: &str| -> Option<String> {
+        match k {
+            "XAI_UPSTREAM_URL" if a.upstream.is_some() => a.upstream.clone(),
+            "XAI_ROUTE_POLICY" if a.policy.is_some() => {
+                a.policy.as_ref().map(|p| p.display().to_string())
+            }
+            _ => std::env::var(k).ok(),
+        }
+    };
+    let scfg = ServerConfig::from_lookup(&env)?;
+    let listen = a
+        .listen
+        .clone()
+        .or_else(|| {
+            std::env::var("XAI_LISTEN")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let listen_addr: std::net::SocketAddr = listen.trim().parse().with_context(|| {
+        format!("invalid --listen / XAI_LISTEN {listen:?}: use IP:PORT such as 127.0.0.1:8080 or [::]:8080")
+    })?;
+    init_logging(a.log_format);
+
+    let store: Arc<dyn KeyStore> = Arc::new(cfg.open_store()?);
+    let now = xai_keys_core::now_epoch();
+    let secret = match std::env::var("XAI_BOOTSTRAP_ADMIN_KEY") {
+        Ok(s) if !s.trim().is_empty() => {
+            Some(PlainToken::from_supplied(&s).context("XAI_BOOTSTRAP_ADMIN_KEY cannot be used")?)
+        }
+        _ => None,
+    };
+    match bootstrap(store.as_ref(), scfg.ttl, secret, !a.no_auto_bootstrap, now)
+        .with_context(|| format!("cannot bootstrap the admin key in {}", store.location()))?
+    {
+        Bootstrap::FromSecret { key_id, created } => tracing::info!(
+            key = key_id.fingerprint(),
+            created,
+            "admin key from XAI_BOOTSTRAP_ADMIN_KEY registered"
+        ),
+        Bootstrap::Generated(issued) => {
+            // Shown once, on stderr only, outside the structured log.
+            eprintln!(
+                "\n==== xai-keys: FIRST ADMIN KEY (shown once) ====\n\
+                 A new, empty store was found at {}, so an admin key was generated\n\
+                 (label {AUTO_LABEL:?}, key id {}, expires {}).\n\
+                 Store it in your secret manager now; it cannot be shown again:\n\n    {}\n\n\
+                 Use it as `X-Admin-Token: <key>`. Disable this with --no-auto-bootstrap or\n\
+                 provide your own secret in XAI_BOOTSTRAP_ADMIN_KEY.\n\
+                 ================================================\n",
+                store.location(),
+                issued.info.key_id.fingerprint(),
+                issued
+                    .info
+                    .record
+                    .expires_at
+                    .map_or_else(|| "never".to_string(), xai_keys_server::auth::iso),
+                issued.plaintext.expose()
+            );
+        }
+        Bootstrap::NotNeeded => {}
+        Bootstrap::Skipped => tracing::warn!(
+            "the store is empty and auto-bootstrap is off: no key can use the admin API until `xai-keys bootstrap-admin` or `xai-keys issue --scope admin` runs"
+        ),
+    }
+    if !scfg.auth_required {
+        tracing::warn!(
+            "XAI_API_AUTH_REQUIRED=0: USER ROUTES ARE OPEN TO ANYONE WITHOUT A KEY. Admin, operator, auditor and peer routes still require credentials. Do not run like this in production."
+        );
+    }
+    if scfg.allow_query_key {
+        tracing::warn!(
+            "XAI_API_KEY_ALLOW_QUERY=1: keys are accepted in ?api_key=, where they end up in access logs and Referer headers"
+        );
+    }
+    tracing::info!(
+        store = %store.location(),
+        upstream = scfg.upstream_url.as_deref().unwrap_or("(none)"),
+        policy = %scfg.policy.source,
+        rules = scfg.policy.len(),
+        "starting gateway"
+    );
+    let gateway = Gateway::start(scfg, store, xai_keys_server::system_clock())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("xai-keys-gw")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {listen_addr}"))?;
+        let local = listener.local_addr().context("listener address")?;
+        tracing::info!(addr = %local, "listening");
+        gateway
+            .run(listener, shutdown_signal())
+            .await
+            .context("gateway failed")
+    })?;
+    Ok(true)
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the gateway with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,698 @@
+//! The admin key API served by the gateway, plus `/health` and `/metrics`.
+//!
+//! Handlers validate everything before touching the store, run the core's locked
+//! read-modify-write on the blocking pool (a gateway never writes a stale view back), then
+//! reload the index before answering, so a key issued here works on the next request and a key
+//! revoked here is refused by it. Every action is audited with the caller's key id and address.
+
+use axum::Extension;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use xai_keys_core::audit::{Actor, EventQuery};
+use xai_keys_core::ops::{IssueRequest, KeyManager, RotateRequest, listing_json_with_usage};
+use xai_keys_core::policy::TtlRequest;
+use xai_keys_core::scope::Scope;
+
+use crate::credentials::form_pairs;
+use crate::error::{ApiError, success};
+use crate::router::RequestContext;
+use crate::state::AppState;
+use crate::usage::merged;
+
+/// Largest `limit` of `GET /admin/api-key-events`.
+pub const MAX_EVENTS_LIMIT: usize = 1000;
+
+fn actor(ctx: &RequestContext) -> Actor {
+    Actor::Http {
+        key_fingerprint: ctx
+            .principal
+            .as_ref()
+            .map_or_else(|| "anonymous".to_string(), |p| p.key_id.to_string()),
+        remote: ctx.client.to_string(),
+    }
+}
+
+/// Runs blocking store work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(ApiError::internal(what, e)),
+    }
+}
+
+fn writable(st: &AppState) -> Result<(), ApiError> {
+    let h = st.index.health();
+    if h.is_ok() {
+        Ok(())
+    } else {
+        Err(ApiError::store_unavailable(format!(
+            "key changes are refused while the store is {}: {}",
+            h.status,
+            h.problem.unwrap_or_default()
+        )))
+    }
+}
+
+/// Reads a JSON object body: 415 for another media type, 413 over the limit, 400 otherwise.
+async fn json_object(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Map<String, Value>, ApiError> {
+    let limit = st.cfg.max_json_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large(limit));
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(limit))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && !mime.ends_with("+json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "the body must be JSON sent with Content-Type: application/json (got {:?})",
+                if ct.is_empty() { "no Content-Type" } else { ct }
+            ),
+        ));
+    }
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(ApiError::invalid_payload(format!(
+            "the body must be a JSON object, not {}",
+            kind(&other)
+        ))),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the body exceeds {limit} bytes (XAI_API_MAX_JSON_BYTES)"),
+    )
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn only_fields(m: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+    for k in m.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::invalid_payload(format!(
+                "unknown field {k:?}; accepted fields: {}",
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn opt_string(m: &Map<String, Value>, f: &str) -> Result<Option<String>, ApiError> {
+    match m.get(f) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::invalid_payload(format!(
+            "{f} must be a string, not {}",
+            kind(other)
+        ))),
+    }
+}
+
+fn opt_bool(m: &Map<String, Value>, f: &str) -> Result<Option<bool>, ApiError> {
+    match m.get(f) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(ApiError::invalid_payload(format!(
+            "{f} must be a JSON boolean (true or false), not {} ({other})",
+            kind(other)
+        ))),
+    }
+}
+
+/// A positive finite number, given as a JSON number or a numeric string (as the reference).
+fn opt_positive(m: &Map<String, Value>, f: &str) -> Result<Option<f64>, ApiError> {
+    let v = match m.get(f) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(other) => {
+            return Err(ApiError::invalid_payload(format!(
+                "Invalid {f}: must be a number, not {}",
+                kind(other)
+            )));
+        }
+    };
+    match v {
+        Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
+        Some(x) if x.is_finite() => Err(ApiError::invalid_payload(format!(
+            "TTL must be positive: {f} is {x}"
+        ))),
+        _ => Err(ApiError::invalid_payload(format!(
+            "Invalid {f}: must be a finite positive number"
+        ))),
+    }
+}
+
+/// TTL from `expires_in_days` (preferred, as the reference) or `expires_in_hours`, or
+/// `permanent`.
+fn ttl_from(m: &Map<String, Value>) -> Result<Option<TtlRequest>, ApiError> {
+    let days = opt_positive(m, "expires_in_days")?;
+    let hours = opt_positive(m, "expires_in_hours")?;
+    let permanent = opt_bool(m, "permanent")?.unwrap_or(false);
+    if permanent && (days.is_some() || hours.is_some()) {
+        return Err(ApiError::invalid_payload(
+            "permanent: true cannot be combined with expires_in_days or expires_in_hours",
+        ));
+    }
+    Ok(if permanent {
+        Some(TtlRequest::Permanent)
+    } else if let Some(d) = days {
+        Some(TtlRequest::Seconds(d * 86_400.0))
+    } else {
+        hours.map(|h| TtlRequest::Seconds(h * 3_600.0))
+    })
+}
+
+fn scope_from(m: &Map<String, Value>) -> Result<Option<Scope>, ApiError> {
+    match opt_string(m, "scope")? {
+        None => Ok(None),
+        Some(s) if s.trim().is_empty() => Ok(None),
+        Some(s) => s.parse::<Scope>().map(Some).map_err(|_| {
+            ApiError::invalid_payload(format!(
+                "Invalid scope {s:?}: valid scopes are user, operator, auditor, admin"
+            ))
+        }),
+    }
+}
+
+/// A duration: a JSON number of seconds, or a string like `15m`, `24h`.
+fn duration_secs(f: &str, raw: &str) -> Result<f64, ApiError> {
+    let t = raw.trim();
+    let secs = match t.parse::<f64>() {
+        Ok(s) => s,
+        Err(_) => humantime::parse_duration(t)
+            .map(|d| d.as_secs_f64())
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_payload",
+                    format!("{f} {raw:?} is not a duration: use seconds or e.g. 15m, 24h, 7d"),
+                )
+            })?,
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(ApiError::invalid_payload(format!(
+            "{f} must be zero or positive and finite"
+        )));
+    }
+    Ok(secs)
+}
+
+fn query_map(
+    raw: Option<&str>,
+    allowed: &[&str],
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in form_pairs(raw.unwrap_or("")) {
+        if k == "api_key" {
+            continue;
+        }
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "unknown query parameter {k:?}; accepted: {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if out.insert(k.clone(), v).is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("query parameter {k:?} is given more than once"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn plaintext_response(status: StatusCode, v: Value) -> Response {
+    let mut r = success(status, v);
+    r.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn record(st: &AppState, op: &'static str, r: &Result<Response, ApiError>) {
+    st.metrics
+        .admin_op(op, if r.is_ok() { "ok" } else { "error" });
+}
+
+// ---- handlers ----
+
+pub async fn health(State(st): State<AppState>) -> Response {
+    let h = st.index.health();
+    let status = if h.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "success": h.is_ok(),
+        "status": if h.is_ok() { "ok" } else { "degraded" },
+        "store": {
+            "location": st.store.location(),
+            "status": h.status,
+            "problem": h.problem,
+            "integrity": h.integrity,
+            "keys": h.keys,
+            "last_reload": h.last_reload,
+            "reloads": h.reloads,
+            "failed_reloads": h.failed_reloads,
+        },
+        "upstream": st.upstream.as_ref().map(|u| u.url()),
+        "auth_required": st.cfg.auth_required,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let text = st.metrics.render(&st.index.health());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        crate::openapi::document().to_string(),
+    )
+        .into_response()
+}
+
+pub async fn list_keys(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let st2 = st.clone();
+    blocking("listing keys", move || {
+        let now = st2.now();
+        let m = KeyManager::new(st2.store.as_ref(), st2.cfg.ttl);
+        let (keys, warnings, _) = m.list(&Default::default(), now)?;
+        let (usage, usage_warning) = match st2.store.usage() {
+            Ok(u) => (merged(u, &st2.usage.snapshot()), None),
+            Err(e) => (st2.usage.snapshot(), Some(e.to_string())),
+        };
+        let mut store = Map::new();
+        for k in &keys {
+            let j = listing_json_with_usage(k, usage.get(k.key_id.as_str()), now);
+            store.insert(k.key_id.to_string(), j);
+        }
+        let mut warnings = warnings;
+        warnings.extend(usage_warning);
+        Ok(success(
+            StatusCode::OK,
+            json!({
+                "manual_keys": 0,
+                "manual_admin_keys": 0,
+                "store": store,
+                "store_status": st2.index.health(),
+                "warnings": warnings,
+            }),
+        ))
+    })
+    .await
+}
+
+pub async fn issue_key(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let r = async {
+        let m = json_object(&st, &headers, body).await?;
+        only_fields(
+            &m,
+            &[
+                "label",
+                "scope",
+                "permanent",
+                "expires_in_days",
+                "expires_in_hours",
+            ],
+        )?;
+        let label = opt_string(&m, "label")?.unwrap_or_default();
+        let scope = scope_from(&m)?.unwrap_or(Scope::User);
+        let ttl = ttl_from(&m)?.unwrap_or(TtlRequest::Default);
+        writable(&st)?;
+        let st2 = st.clone();
+        blocking("issuing a key", move || {
+            let now = st2.now();
+            let mgr = KeyManager::new(st2.store.as_ref(), st2.cfg.ttl);
+            let issued = mgr.issue(
+                IssueRequest {
+                    scope,
+                    label,
+                    ttl,
+                    secret: None,
+                },
+                &actor(&ctx),
+                now,
+            )?;
+            st2.index
+                .refresh_after_commit(st2.store.as_ref(), st2.now());
+            let r = &issued.info.record;
+            Ok(plaintext_response(
+                StatusCode::CREATED,
+                json!({
+                    "api_key": issued.plaintext.expose(),
+                    "key_id": issued.info.key_id.as_str(),
+                    "scope": r.scope.as_str(),
+                    "label": r.label,
+                    "expires_at": r.expires_at,
+                    "permanent": r.permanent,
+                    "fingerprint": issued.info.key_id.fingerprint(),
+                    "ttl_clamped": issued.clamped,
+                }),
+            ))
+        })
+        .await
+    }
+    .await;
+    record(&st, "issue", &r);
+    r
+}
+
+pub async fn revoke_key(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    Path(key_id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let r = async {
+        let q = query_map(q.as_deref(), &["if_idle", "reason"])?;
+        let if_idle = q
+            .get("if_idle")
+            .map(|v| duration_secs("if_idle", v))
+            .transpose()?;
+        if if_idle == Some(0.0) {
+            return Err(ApiError::invalid_payload("if_idle must be positive"));
+        }
+        let reason = q.get("reason").cloned();
+        writable(&st)?;
+        let st2 = st.clone();
+        blocking("revoking a key", move || {
+            let now = st2.now();
+            let mgr = KeyManager::new(st2.store.as_ref(), st2.cfg.ttl);
+            let recent = st2.usage.snapshot();
+            let info = mgr.revoke_guarded(
+                &key_id,
+                reason.as_deref(),
+                if_idle,
+                Some(&recent),
+                &actor(&ctx),
+                now,
+            )?;
+            st2.index
+                .refresh_after_commit(st2.store.as_ref(), st2.now());
+            Ok(success(
+                StatusCode::OK,
+                json!({
+                    "revoked": true,
+                    "key_id": info.key_id.as_str(),
+                    "scope": info.record.scope.as_str(),
+                    "label": info.record.label,
+                }),
+            ))
+        })
+        .await
+    }
+    .await;
+    record(&st, "revoke", &r);
+    r
+}
+
+pub async fn rotate_key(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    Path(key_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let r = async {
+        let m = json_object(&st, &headers, body).await?;
+        only_fields(
+            &m,
+            &[
+                "grace",
+                "label",
+                "scope",
+                "permanent",
+                "expires_in_days",
+                "expires_in_hours",
+            ],
+        )?;
+        let grace_secs = match m.get("grace") {
+            None | Some(Value::Null) => 0.0,
+            Some(Value::String(s)) => duration_secs("grace", s)?,
+            Some(Value::Number(n)) => duration_secs("grace", &n.to_string())?,
+            Some(other) => {
+                return Err(ApiError::invalid_payload(format!(
+                    "grace must be seconds or a duration string such as \"24h\", not {}",
+                    kind(other)
+                )));
+            }
+        };
+        let req = RotateRequest {
+            grace_secs,
+            scope: scope_from(&m)?,
+            label: opt_string(&m, "label")?,
+            ttl: ttl_from(&m)?,
+        };
+        writable(&st)?;
+        let st2 = st.clone();
+        blocking("rotating a key", move || {
+            let now = st2.now();
+            let mgr = KeyManager::new(st2.store.as_ref(), st2.cfg.ttl);
+            let rot = mgr.rotate(&key_id, req, &actor(&ctx), now)?;
+            st2.index
+                .refresh_after_commit(st2.store.as_ref(), st2.now());
+            let r = &rot.new.info.record;
+            Ok(plaintext_response(
+                StatusCode::CREATED,
+                json!({
+                    "api_key": rot.new.plaintext.expose(),
+                    "key_id": rot.new.info.key_id.as_str(),
+                    "scope": r.scope.as_str(),
+                    "label": r.label,
+                    "expires_at": r.expires_at,
+                    "permanent": r.permanent,
+                    "old_key_id": rot.old_key_id.as_str(),
+                    "old_expires_at": rot.old_expires_at,
+                    "grace_seconds": grace_secs,
+                }),
+            ))
+        })
+        .await
+    }
+    .await;
+    record(&st, "rotate", &r);
+    r
+}
+
+async fn set_disabled(
+    st: AppState,
+    ctx: RequestContext,
+    key_id: String,
+    disabled: bool,
+) -> Result<Response, ApiError> {
+    writable(&st)?;
+    let st2 = st.clone();
+    blocking("changing a key", move || {
+        let now = st2.now();
+        let mgr = KeyManager::new(st2.store.as_ref(), st2.cfg.ttl);
+        let info = mgr.set_disabled(&key_id, disabled, &actor(&ctx), now)?;
+        st2.index
+            .refresh_after_commit(st2.store.as_ref(), st2.now());
+        Ok(success(
+            StatusCode::OK,
+            json!({
+                "key_id": info.key_id.as_str(),
+                "state": info.state.as_str(),
+                "disabled": info.record.disabled,
+            }),
+        ))
+    })
+    .await
+}
+
+pub async fn disable_key(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    Path(key_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let r = set_disabled(st.clone(), ctx, key_id, true).await;
+    record(&st, "disable", &r);
+    r
+}
+
+pub async fn enable_key(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    Path(key_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let r = set_disabled(st.clone(), ctx, key_id, false).await;
+    record(&st, "enable", &r);
+    r
+}
+
+pub async fn events(
+    State(st): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = query_map(q.as_deref(), &["limit", "action", "key_id", "since"])?;
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_EVENTS_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("limit {v:?} must be a whole number from 1 to {MAX_EVENTS_LIMIT}"),
+                ));
+            }
+        },
+    };
+    let now = st.now();
+    let since = match q.get("since") {
+        None => None,
+        Some(v) => Some(parse_since(v, now)?),
+    };
+    let query = EventQuery {
+        limit,
+        action: q.get("action").map(|s| s.trim().to_string()),
+        key_id: q.get("key_id").map(|s| s.trim().to_ascii_lowercase()),
+        since,
+    };
+    let st2 = st.clone();
+    blocking("reading audit events", move || {
+        let page = st2.store.events(&query)?;
+        Ok(success(StatusCode::OK, json!({ "events": page.events })))
+    })
+    .await
+}
+
+fn parse_since(v: &str, now: f64) -> Result<f64, ApiError> {
+    let t = v.trim();
+    if let Ok(x) = t.parse::<f64>()
+        && x.is_finite()
+    {
+        return Ok(x);
+    }
+    if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_millisecond() as f64 / 1000.0);
+    }
+    if let Ok(d) = humantime::parse_duration(t) {
+        return Ok(now - d.as_secs_f64());
+    }
+    Err(ApiError::bad_request(
+        "invalid_query",
+        format!("since {v:?}: use an RFC 3339 time, epoch seconds, or a duration ago such as 2h"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn issue_fields_are_strict() {
+        assert!(opt_bool(&obj(json!({"permanent": "false"})), "permanent").is_err());
+        assert_eq!(
+            opt_bool(&obj(json!({"permanent": false})), "permanent").unwrap(),
+            Some(false)
+        );
+        assert!(opt_positive(&obj(json!({"expires_in_days": "inf"})), "expires_in_days").is_err());
+        assert!(opt_positive(&obj(json!({"expires_in_days": "nan"})), "expires_in_days").is_err());
+        assert!(opt_positive(&obj(json!({"expires_in_days": 0})), "expires_in_days").is_err());
+        assert!(opt_positive(&obj(json!({"expires_in_days": [1]})), "expires_in_days").is_err());
+        assert_eq!(
+            opt_positive(&obj(json!({"expires_in_days": "2.5"})), "expires_in_days").unwrap(),
+            Some(2.5)
+        );
+        assert!(ttl_from(&obj(json!({"permanent": true, "expires_in_days": 1}))).is_err());
+        assert!(scope_from(&obj(json!({"scope": "root"}))).is_err());
+        assert_eq!(
+            scope_from(&obj(json!({"scope": " ADMIN "}))).unwrap(),
+            Some(Scope::Admin)
+        );
+        assert_eq!(scope_from(&obj(json!({"scope": ""}))).unwrap(), None);
+        assert!(only_fields(&obj(json!({"lable": "x"})), &["label"]).is_err());
+    }
+
+    #[test]
+    fn durations_and_queries() {
+        assert_eq!(duration_secs("g", "15m").unwrap(), 900.0);
+        assert_eq!(duration_secs("g", "30").unwrap(), 30.0);
+        assert!(duration_secs("g", "-1").is_err());
+        assert!(duration_secs("g", "soon").is_err());
+        assert!(query_map(Some("limit=1&limit=2"), &["limit"]).is_err());
+        assert!(query_map(Some("lmit=1"), &["limit"]).is_err());
+        assert_eq!(
+            query_map(Some("limit=5&api_key=x"), &["limit"])
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+}

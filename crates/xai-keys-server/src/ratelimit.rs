@@ -1,0 +1,136 @@
+//! Fixed-window rate limiters keyed by client (and route template).
+//!
+//! Two uses: admin routes per client and route template (after authentication, so anonymous
+//! traffic cannot spend an admin's budget), and failed authentications per client (checked
+//! before the lookup: a brute-force throttle). Memory is bounded: at capacity, expired windows
+//! are swept, and a client that still does not fit is not tracked (a limiter forgets rather than
+//! refusing everyone). Time is passed in.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+
+/// Largest number of tracked clients per limiter.
+pub const MAX_TRACKED: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub max: u32,
+    pub window_secs: f64,
+}
+
+/// A refusal: how long to wait.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exceeded {
+    pub retry_after: u64,
+    pub limit: Limit,
+}
+
+impl PartialEq for Limit {
+    fn eq(&self, o: &Self) -> bool {
+        self.max == o.max && self.window_secs == o.window_secs
+    }
+}
+
+#[derive(Debug)]
+pub struct Limiter<K> {
+    limit: Limit,
+    windows: Mutex<HashMap<K, (f64, u32)>>,
+}
+
+impl<K: Hash + Eq + Clone> Limiter<K> {
+    pub fn new(limit: Limit) -> Self {
+        Limiter {
+            limit,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn limit(&self) -> Limit {
+        self.limit
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (f64, u32)>> {
+        match self.windows.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn retry(&self, start: f64, now: f64) -> u64 {
+        (start + self.limit.window_secs - now).ceil().max(1.0) as u64
+    }
+
+    /// Counts one event for `key`; refuses once `max` events fall in the current window.
+    pub fn hit(&self, key: &K, now: f64) -> Result<u32, Exceeded> {
+        let mut m = self.lock();
+        let w = self.limit.window_secs;
+        if let Some((start, n)) = m.get_mut(key) {
+            // A clock that went back starts a new window rather than blocking for long.
+            if now - *start >= w || now < *start {
+                *start = now;
+                *n = 0;
+            }
+            if *n >= self.limit.max {
+                let s = *start;
+                return Err(Exceeded {
+                    retry_after: self.retry(s, now),
+                    limit: self.limit,
+                });
+            }
+            *n += 1;
+            return Ok(self.limit.max - *n);
+        }
+        if m.len() >= MAX_TRACKED {
+            m.retain(|_, (start, _)| now - *start < w && now >= *start);
+            if m.len() >= MAX_TRACKED {
+                return Ok(self.limit.max);
+            }
+        }
+        if self.limit.max == 0 {
+            return Err(Exceeded {
+                retry_after: self.retry(now, now),
+                limit: self.limit,
+            });
+        }
+        m.insert(key.clone(), (now, 1));
+        Ok(self.limit.max - 1)
+    }
+
+    /// Whether `key` is over its limit now, without counting.
+    pub fn blocked(&self, key: &K, now: f64) -> Option<Exceeded> {
+        let m = self.lock();
+        let (start, n) = *m.get(key)?;
+        (now - start < self.limit.window_secs && now >= start && n >= self.limit.max).then(|| {
+            Exceeded {
+                retry_after: self.retry(start, now),
+                limit: self.limit,
+            }
+        })
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows() {
+        let l = Limiter::new(Limit {
+            max: 2,
+            window_secs: 10.0,
+        });
+        assert_eq!(l.hit(&1, 0.0), Ok(1));
+        assert_eq!(l.hit(&1, 1.0), Ok(0));
+        let e = l.hit(&1, 2.0).unwrap_err();
+        assert_eq!(e.retry_after, 8);
+        assert!(l.blocked(&1, 5.0).is_some());
+        assert!(l.blocked(&2, 5.0).is_none());
+        assert_eq!(l.hit(&1, 10.0), Ok(1), "new window");
+        assert_eq!(l.hit(&1, 3.0), Ok(1), "clock went back: new window");
+    }
+}

@@ -1,0 +1,271 @@
+//! Keeping the index equal to the store, whoever changes it.
+//!
+//! A watcher thread asks the store for its [`StoreVersion`] (a few `stat` calls) every poll
+//! interval and reloads when it changes, so a key revoked or issued by the CLI, a restore or
+//! another gateway takes effect here within one interval plus one load. The gateway's own
+//! mutations reload right after their commit, coalesced: a caller whose commit is already
+//! covered by a reload that started after it returns at once. Indexes are swapped whole.
+//!
+//! A store that cannot be read keeps the last good index serving and marks the health
+//! unreadable (mutations refused). A store that no longer matches its audit log (an edit
+//! outside xai-keys, a truncated log) is trusted only for restrictions: see
+//! [`KeyIndex::restricted_by`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use xai_keys_core::store::{Integrity, KeyStore, StoreVersion};
+
+use crate::index::KeyIndex;
+
+/// The store as the gateway last saw it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoreHealth {
+    /// `ok`, `degraded` (serving restrictions only) or `unreadable` (serving the last good index).
+    pub status: &'static str,
+    /// Why it is not `ok`.
+    pub problem: Option<String>,
+    /// Epoch seconds of the last successful reload.
+    pub last_reload: Option<f64>,
+    pub reloads: u64,
+    pub failed_reloads: u64,
+    pub keys: usize,
+    pub integrity: &'static str,
+}
+
+impl StoreHealth {
+    pub fn is_ok(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+/// Why the gateway cannot start on this store.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot load the key store {location}: {source}")]
+    Load {
+        location: String,
+        source: xai_keys_core::error::Error,
+    },
+    #[error(
+        "the key store {location} cannot be trusted: {problem}. Run `xai-keys verify` to see why, then `xai-keys verify --adopt` (if the change was intended) or `xai-keys restore`"
+    )]
+    Untrusted { location: String, problem: String },
+}
+
+fn integrity_name(i: &Integrity) -> &'static str {
+    match i {
+        Integrity::Recorded => "recorded",
+        Integrity::NoChainYet => "no_chain_yet",
+        Integrity::Mismatch => "mismatch",
+        Integrity::Erased => "erased",
+        Integrity::Unverifiable(_) => "unverifiable",
+    }
+}
+
+fn integrity_problem(i: &Integrity) -> Option<String> {
+    match i {
+        Integrity::Recorded | Integrity::NoChainYet => None,
+        Integrity::Mismatch => Some(
+            "the store is not the state recorded by its audit log (edited outside xai-keys, or the log was truncated)".into(),
+        ),
+        Integrity::Erased => Some(
+            "the audit log has no record of the keys in the store (the log was emptied or replaced)".into(),
+        ),
+        Integrity::Unverifiable(why) => Some(format!("the audit log cannot be checked: {why}")),
+    }
+}
+
+struct ReloadState {
+    version: Option<StoreVersion>,
+    /// The last index built from a store that matched its log.
+    good: Arc<KeyIndex>,
+    /// Start number of the last completed reload.
+    completed: u64,
+}
+
+/// The current index, its health, and the reload machinery.
+pub struct IndexHandle {
+    current: ArcSwap<KeyIndex>,
+    health: Mutex<StoreHealth>,
+    state: Mutex<ReloadState>,
+    started: AtomicU64,
+    /// Bumped on every swap (metrics, tests).
+    pub generation: AtomicU64,
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl IndexHandle {
+    /// Loads the store for the first time. Refuses a store that cannot be read or does not
+    /// match its audit log: there is no good index to fall back on.
+    pub fn initial(store: &dyn KeyStore, now: f64) -> Result<Self, StartError> {
+        let version = store.version().ok();
+        let snap = store.load(now).map_err(|e| StartError::Load {
+            location: store.location(),
+            source: e,
+        })?;
+        if let Some(problem) = integrity_problem(&snap.integrity) {
+            return Err(StartError::Untrusted {
+                location: store.location(),
+                problem,
+            });
+        }
+        for w in &snap.warnings {
+            tracing::warn!(store = %store.location(), "{w}");
+        }
+        let idx = Arc::new(KeyIndex::from_keys(&snap.keys));
+        let health = StoreHealth {
+            status: "ok",
+            problem: None,
+            last_reload: Some(now),
+            reloads: 1,
+            failed_reloads: 0,
+            keys: idx.len(),
+            integrity: integrity_name(&snap.integrity),
+        };
+        Ok(IndexHandle {
+            current: ArcSwap::new(idx.clone()),
+            health: Mutex::new(health),
+            state: Mutex::new(ReloadState {
+                version,
+                good: idx,
+                completed: 0,
+            }),
+            started: AtomicU64::new(0),
+            generation: AtomicU64::new(1),
+        })
+    }
+
+    /// The index to authenticate against (cheap; lock-free).
+    pub fn load(&self) -> arc_swap::Guard<Arc<KeyIndex>> {
+        self.current.load()
+    }
+
+    pub fn health(&self) -> StoreHealth {
+        relock(&self.health).clone()
+    }
+
+    /// Reloads if the store's version changed since the last reload.
+    pub fn poll(&self, store: &dyn KeyStore, now: f64) {
+        let mut st = relock(&self.state);
+        match store.version() {
+            Ok(v) if st.version.as_ref() == Some(&v) => {}
+            Ok(v) => self.reload_locked(&mut st, store, Some(v), now),
+            Err(e) => self.fail(&e.to_string()),
+        }
+    }
+
+    /// Makes sure the index reflects a commit that just returned (coalesced).
+    pub fn refresh_after_commit(&self, store: &dyn KeyStore, now: f64) {
+        let ticket = self.started.load(Ordering::SeqCst);
+        let mut st = relock(&self.state);
+        if st.completed > ticket {
+            return;
+        }
+        let v = store.version().ok();
+        self.reload_locked(&mut st, store, v, now);
+    }
+
+    fn fail(&self, problem: &str) {
+        let mut h = relock(&self.health);
+        if h.status != "unreadable" || h.problem.as_deref() != Some(problem) {
+            tracing::error!(
+                problem,
+                "key store unreadable; serving the last good index and refusing changes"
+            );
+        }
+        h.status = "unreadable";
+        h.problem = Some(format!(
+            "{problem}; serving the last good index, changes refused until the store is readable"
+        ));
+        h.failed_reloads += 1;
+    }
+
+    fn reload_locked(
+        &self,
+        st: &mut ReloadState,
+        store: &dyn KeyStore,
+        version: Option<StoreVersion>,
+        now: f64,
+    ) {
+        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let snap = match store.load(now) {
+            Ok(s) => s,
+            Err(e) => {
+                // Try again on the next poll even if the version does not change.
+                st.version = None;
+                st.completed = n;
+                self.fail(&e.to_string());
+                return;
+            }
+        };
+        st.version = version;
+        st.completed = n;
+        let problem = integrity_problem(&snap.integrity);
+        let idx = match &problem {
+            None => {
+                let idx = Arc::new(KeyIndex::from_keys(&snap.keys));
+                st.good = idx.clone();
+                idx
+            }
+            Some(p) => {
+                tracing::error!(
+                    problem = %p,
+                    "key store does not match its audit log: applying removals and restrictions only; run `xai-keys verify`"
+                );
+                Arc::new(st.good.restricted_by(&snap.keys))
+            }
+        };
+        let keys = idx.len();
+        self.current.store(idx);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut h = relock(&self.health);
+        let was = h.status;
+        match problem {
+            None => {
+                h.status = "ok";
+                h.problem = None;
+                if was != "ok" {
+                    tracing::info!("key store readable and consistent again");
+                }
+            }
+            Some(p) => {
+                h.status = "degraded";
+                h.problem = Some(format!(
+                    "{p}; only removals and restrictions are applied, changes refused. Run `xai-keys verify`"
+                ));
+            }
+        }
+        h.last_reload = Some(now);
+        h.reloads += 1;
+        h.keys = keys;
+        h.integrity = integrity_name(&snap.integrity);
+    }
+}
+
+/// Runs [`IndexHandle::poll`] every `interval` on a plain thread until `stop` is set.
+pub fn spawn_watcher(
+    handle: Arc<IndexHandle>,
+    store: Arc<dyn KeyStore>,
+    clock: crate::Clock,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("xai-keys-store-watch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(interval);
+                handle.poll(store.as_ref(), clock());
+            }
+        })
+}

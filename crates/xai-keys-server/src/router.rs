@@ -1,0 +1,301 @@
+//! The router and the authenticating middleware every request goes through.
+//!
+//! Order for each request: client address → path normalisation → route (the gateway's own
+//! routes, else the policy) → brute-force throttle → credentials → decision → admin rate
+//! limit → last-use record → handler (own) or proxy (everything else). Own routes are matched
+//! on the normalised path, so `/api/v2/admin/api-keys` is the gateway's admin API, never
+//! forwarded to the node.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+
+use crate::admin;
+use crate::auth::{Outcome, Principal, decide};
+use crate::credentials::{self, strip_api_key};
+use crate::error::ApiError;
+use crate::policy::{Access, Route, normalize_path};
+use crate::state::AppState;
+
+/// What the middleware learned, for handlers.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub client: IpAddr,
+    pub principal: Option<Principal>,
+    pub route: Arc<str>,
+    pub access: Access,
+    /// The query to forward (without `api_key`).
+    pub forward_query: Option<String>,
+}
+
+/// The gateway's own routes: (method, normalised path) → access and name.
+fn own_route(method: &Method, path: &str) -> Option<(Access, &'static str)> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let read = *method == Method::GET || *method == Method::HEAD;
+    Some(match (segs.as_slice(), read) {
+        (["health"], true) => (Access::Public, "/health"),
+        (["metrics"], true) => (Access::Public, "/metrics"),
+        (["admin", "openapi.json"], true) => (Access::Public, "/admin/openapi.json"),
+        (["admin", "api-keys"], _) if read || *method == Method::POST => {
+            (Access::Admin, "/admin/api-keys")
+        }
+        (["admin", "api-keys", _], _) if *method == Method::DELETE => {
+            (Access::Admin, "/admin/api-keys/{key_id}")
+        }
+        (["admin", "api-keys", _, "rotate"], _) if *method == Method::POST => {
+            (Access::Admin, "/admin/api-keys/{key_id}/rotate")
+        }
+        (["admin", "api-keys", _, "disable"], _) if *method == Method::POST => {
+            (Access::Admin, "/admin/api-keys/{key_id}/disable")
+        }
+        (["admin", "api-keys", _, "enable"], _) if *method == Method::POST => {
+            (Access::Admin, "/admin/api-keys/{key_id}/enable")
+        }
+        (["admin", "api-key-events"], true) => (Access::Auditor, "/admin/api-key-events"),
+        // Any other method on the key API's paths: admin, then a JSON 405 from the router.
+        (["admin", "api-keys", ..], _) | (["admin", "api-key-events"], _) => {
+            (Access::Admin, "/admin/api-keys")
+        }
+        _ => return None,
+    })
+}
+
+/// The router over `state`. Serve it with `ConnectInfo<SocketAddr>` (as [`crate::Gateway::run`]
+/// does); without it the client address is taken as 0.0.0.0.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(admin::health))
+        .route("/metrics", get(admin::metrics))
+        .route("/admin/openapi.json", get(admin::openapi))
+        .route(
+            "/admin/api-keys",
+            get(admin::list_keys).post(admin::issue_key),
+        )
+        .route("/admin/api-keys/{key_id}", delete(admin::revoke_key))
+        .route("/admin/api-keys/{key_id}/rotate", post(admin::rotate_key))
+        .route("/admin/api-keys/{key_id}/disable", post(admin::disable_key))
+        .route("/admin/api-keys/{key_id}/enable", post(admin::enable_key))
+        .route("/admin/api-key-events", get(admin::events))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(proxy)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn proxy(State(st): State<AppState>, req: Request) -> Response {
+    let Some(ctx) = req.extensions().get::<RequestContext>().cloned() else {
+        return ApiError::internal("routing", "request context missing").into_response();
+    };
+    let Some(up) = &st.upstream else {
+        st.metrics.upstream("no_upstream");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_upstream",
+            "this gateway has no upstream node configured (set --upstream or XAI_UPSTREAM_URL); it serves only /admin/api-keys, /admin/api-key-events, /health and /metrics",
+        )
+        .into_response();
+    };
+    let (res, outcome) = up
+        .forward(
+            req,
+            ctx.forward_query.as_deref(),
+            ctx.principal.as_ref(),
+            ctx.client,
+        )
+        .await;
+    st.metrics.upstream(outcome);
+    match res {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn route_for(st: &AppState, method: &Method, norm: &str) -> (Route, bool) {
+    match own_route(method, norm) {
+        Some((access, name)) => (
+            Route {
+                access,
+                template: Arc::from(name),
+            },
+            true,
+        ),
+        None => (st.cfg.policy.classify(method, norm), false),
+    }
+}
+
+async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let client = credentials::client_addr(peer, req.headers(), &st.cfg.trusted_proxies);
+    let method = req.method().clone();
+    let norm = match normalize_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => {
+            return ApiError::bad_request(
+                "invalid_path",
+                format!("{}: request paths must be plain, normalised paths", e.0),
+            )
+            .into_response();
+        }
+    };
+    let (route, own) = route_for(&st, &method, &norm);
+    let now = st.now();
+    let class = route.access.as_str();
+
+    if route.access != Access::Public
+        && let Some(x) = st.fail_limiter.blocked(&client, now)
+        && st.cfg.rate_limit_enabled
+    {
+        st.metrics.rate_limited("auth_failures");
+        st.metrics.auth(
+            "rate_limited",
+            "none",
+            class,
+            started.elapsed().as_secs_f64(),
+        );
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many failed authentications from {client}: at most {} per {} s; try again in {} s",
+                x.limit.max, x.limit.window_secs, x.retry_after
+            ),
+        )
+        .with_retry_after(x.retry_after)
+        .into_response();
+    }
+
+    let query = req.uri().query().map(str::to_string);
+    let creds = match credentials::extract(req.headers(), query.as_deref(), st.cfg.allow_query_key)
+    {
+        Ok(c) => c,
+        Err(e) => {
+            st.metrics.auth(
+                "bad_credentials",
+                "none",
+                class,
+                started.elapsed().as_secs_f64(),
+            );
+            return ApiError::bad_request("invalid_credentials", e.0).into_response();
+        }
+    };
+    let outcome = {
+        let idx = st.index.load();
+        decide(
+            &idx,
+            route.access,
+            &method,
+            &creds,
+            st.cfg.auth_required,
+            now,
+        )
+    };
+    let decided = started.elapsed().as_secs_f64();
+    let principal = match outcome {
+        Outcome::Allowed(p) => p,
+        Outcome::Denied(d) => {
+            st.metrics.auth(d.reason(), "none", class, decided);
+            if d.is_failed_guess() && st.cfg.rate_limit_enabled {
+                let _ = st.fail_limiter.hit(&client, now);
+            }
+            tracing::info!(
+                target: "xai_keys::auth",
+                client = %client,
+                method = %method,
+                route = %route.template,
+                reason = d.reason(),
+                "request refused"
+            );
+            return d
+                .to_api_error(route.access, &route.template)
+                .into_response();
+        }
+    };
+    st.metrics.auth(
+        "allowed",
+        principal.as_ref().map_or("none", |p| p.scope.as_str()),
+        class,
+        decided,
+    );
+
+    if st.cfg.rate_limit_enabled
+        && norm.starts_with("/admin")
+        && let Err(x) = st.admin_limiter.hit(&(client, route.template.clone()), now)
+    {
+        st.metrics.rate_limited("admin");
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "Rate limit exceeded: at most {} admin requests per {} s to {} from {client}; try again in {} s",
+                x.limit.max, x.limit.window_secs, route.template, x.retry_after
+            ),
+        )
+        .with_retry_after(x.retry_after)
+        .into_response();
+    }
+
+    if let Some(p) = &principal {
+        st.usage.record(&p.key_id, now, client, &route.template);
+    }
+
+    let forward_query = query.as_deref().map(strip_api_key);
+    if own && req.uri().path() != norm {
+        // Route the gateway's own endpoints on the normalised path.
+        let pq = match &query {
+            Some(q) => format!("{norm}?{q}"),
+            None => norm.clone(),
+        };
+        if let Ok(u) = pq.parse::<Uri>() {
+            *req.uri_mut() = u;
+        }
+    }
+    let fingerprint = principal
+        .as_ref()
+        .map(|p| p.key_id.fingerprint().to_string());
+    req.extensions_mut().insert(RequestContext {
+        client,
+        principal,
+        route: route.template.clone(),
+        access: route.access,
+        forward_query,
+    });
+    let mut resp = next.run(req).await;
+    if own {
+        resp.headers_mut()
+            .entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+    }
+    if st.cfg.access_log {
+        tracing::info!(
+            target: "xai_keys::access",
+            client = %client,
+            method = %method,
+            path = %norm,
+            route = %route.template,
+            status = resp.status().as_u16(),
+            key = fingerprint.as_deref().unwrap_or("-"),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+    resp
+}

@@ -1,0 +1,107 @@
+//! Serving: the accept loop, connection limits and graceful shutdown.
+//!
+//! Each connection is served by hyper (HTTP/1.1 and HTTP/2) with a header-read timeout and a
+//! header-count cap, so a slow or malicious client cannot hold the gateway. On shutdown the
+//! listener closes, in-flight requests get `shutdown_grace` to finish, the store watcher stops
+//! and the last usage data is written.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::state::Gateway;
+
+/// Most headers a request may carry.
+pub const MAX_HEADERS: usize = 100;
+
+impl Gateway {
+    /// Serves until `shutdown` completes, then drains and stops background work.
+    pub async fn run(
+        mut self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let router = self.router();
+        let st = self.state();
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(st.cfg.header_read_timeout)
+            .max_headers(MAX_HEADERS)
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(64 * 1024);
+        let graceful = GracefulShutdown::new();
+        let flusher = {
+            let st = st.clone();
+            let every = st.cfg.usage_flush;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let st = st.clone();
+                    let _ = tokio::task::spawn_blocking(move || st.flush_usage()).await;
+                }
+            })
+        };
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // Out of descriptors and similar: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let svc = router.clone().map_request(move |mut req: hyper::Request<Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                        req
+                    });
+                    let conn = builder.serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(svc),
+                    );
+                    let conn = graceful.watch(conn.into_owned());
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down: draining in-flight requests");
+        if tokio::time::timeout(st.cfg.shutdown_grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?st.cfg.shutdown_grace, "in-flight requests did not finish in time");
+        }
+        flusher.abort();
+        tokio::task::spawn_blocking(move || self.stop_background())
+            .await
+            .map_err(std::io::Error::other)?;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}

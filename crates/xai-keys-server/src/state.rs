@@ -1,0 +1,141 @@
+//! The gateway's shared state and its lifecycle (start, background tasks, shutdown).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use xai_keys_core::store::KeyStore;
+
+use crate::Clock;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::proxy::Upstream;
+use crate::ratelimit::Limiter;
+use crate::reload::{IndexHandle, StartError};
+use crate::usage::UsageTracker;
+
+/// Everything a request handler reads.
+pub struct Shared {
+    pub cfg: ServerConfig,
+    pub store: Arc<dyn KeyStore>,
+    pub index: Arc<IndexHandle>,
+    pub usage: UsageTracker,
+    pub admin_limiter: Limiter<(IpAddr, Arc<str>)>,
+    pub fail_limiter: Limiter<IpAddr>,
+    pub metrics: Metrics,
+    pub upstream: Option<Upstream>,
+    pub clock: Clock,
+}
+
+/// Cheap to clone: one `Arc`.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn now(&self) -> f64 {
+        (self.clock)()
+    }
+
+    /// Writes unflushed last-use data beside the store (blocking I/O).
+    pub fn flush_usage(&self) {
+        let idx = self.index.load();
+        let live =
+            |id: &str| xai_keys_core::token::KeyId::parse(id).is_ok_and(|k| idx.get(&k).is_some());
+        if let Err(e) = self.usage.flush(self.store.as_ref(), &live, self.now()) {
+            self.metrics.usage_flush_failed();
+            tracing::warn!(error = %e, "could not write last-use data; kept for the next flush");
+        }
+    }
+}
+
+/// A started gateway: state plus the store watcher.
+pub struct Gateway {
+    pub(crate) state: AppState,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Why a gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Store(#[from] StartError),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot start the store watcher thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl Gateway {
+    /// Loads the store, builds the index and starts watching the store.
+    pub fn start(
+        cfg: ServerConfig,
+        store: Arc<dyn KeyStore>,
+        clock: Clock,
+    ) -> Result<Self, GatewayError> {
+        let index = Arc::new(IndexHandle::initial(store.as_ref(), clock())?);
+        let upstream = match &cfg.upstream_url {
+            Some(u) => Some(
+                Upstream::new(u, cfg.upstream_timeout, cfg.max_proxy_body_bytes)
+                    .map_err(GatewayError::Config)?,
+            ),
+            None => None,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = crate::reload::spawn_watcher(
+            index.clone(),
+            store.clone(),
+            clock.clone(),
+            cfg.store_poll,
+            stop.clone(),
+        )
+        .map_err(GatewayError::Thread)?;
+        let state = AppState(Arc::new(Shared {
+            admin_limiter: Limiter::new(cfg.admin_limit),
+            fail_limiter: Limiter::new(cfg.auth_failure_limit),
+            cfg,
+            store,
+            index,
+            usage: UsageTracker::default(),
+            metrics: Metrics::new(),
+            upstream,
+            clock,
+        }));
+        Ok(Gateway {
+            state,
+            stop,
+            watcher: Some(watcher),
+        })
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// The router over this gateway's state.
+    pub fn router(&self) -> axum::Router {
+        crate::router(self.state.clone())
+    }
+
+    /// Stops the watcher and writes the last usage (blocking). `run` calls it on shutdown.
+    pub fn stop_background(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+        self.state.flush_usage();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

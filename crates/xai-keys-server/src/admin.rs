@@ -12,7 +12,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use xai_keys_core::audit::{Actor, EventQuery};
-use xai_keys_core::ops::{IssueRequest, KeyManager, RotateRequest, listing_json_with_usage};
+use xai_keys_core::ops::{
+    IssueRequest, KeyManager, MIN_PREFIX, RotateRequest, listing_json_with_usage,
+};
 use xai_keys_core::policy::TtlRequest;
 use xai_keys_core::scope::Scope;
 
@@ -243,6 +245,22 @@ fn duration_secs(f: &str, raw: &str) -> Result<f64, ApiError> {
     Ok(secs)
 }
 
+/// The `{key_id}` path parameter: a full id or a prefix of at least [`MIN_PREFIX`] hex
+/// characters. Anything else is refused without repeating it: a plaintext key pasted where its
+/// id belongs must not be echoed back (the core's message quotes what it was given).
+fn key_id_param(given: &str) -> Result<String, ApiError> {
+    let g = given.trim();
+    if (MIN_PREFIX..=64).contains(&g.len()) && g.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(g.to_string());
+    }
+    Err(ApiError::bad_request(
+        "invalid_key_id",
+        format!(
+            "the path must name a key by its id: the full 64-character key id or a prefix of at least {MIN_PREFIX} hex characters (see GET /admin/api-keys); never the key itself"
+        ),
+    ))
+}
+
 fn query_map(
     raw: Option<&str>,
     allowed: &[&str],
@@ -433,6 +451,7 @@ pub async fn revoke_key(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let r = async {
+        let key_id = key_id_param(&key_id)?;
         let q = query_map(q.as_deref(), &["if_idle", "reason"])?;
         let if_idle = q
             .get("if_idle")
@@ -483,6 +502,7 @@ pub async fn rotate_key(
     body: Body,
 ) -> Result<Response, ApiError> {
     let r = async {
+        let key_id = key_id_param(&key_id)?;
         let m = json_object(&st, &headers, body).await?;
         only_fields(
             &m,
@@ -549,6 +569,7 @@ async fn set_disabled(
     key_id: String,
     disabled: bool,
 ) -> Result<Response, ApiError> {
+    let key_id = key_id_param(&key_id)?;
     writable(&st)?;
     let st2 = st.clone();
     blocking("changing a key", move || {

@@ -132,10 +132,18 @@ impl ServerConfig {
         let secs = |var: &str, default: f64, min: f64, max: f64| {
             num(lookup, var, default, min, max).map(Duration::from_secs_f64)
         };
+        let upstream_url = lookup("XAI_UPSTREAM_URL")
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        if let Some(u) = &upstream_url {
+            // Refused here, with the other settings, not later when the gateway starts: by then
+            // `serve` may already have generated and printed a first admin key for a start that
+            // fails (and never offers one again).
+            crate::proxy::Upstream::new(u, d.upstream_timeout, d.max_proxy_body_bytes)
+                .map_err(|e| ConfigError(format!("XAI_UPSTREAM_URL / --upstream: {e}")))?;
+        }
         Ok(ServerConfig {
-            upstream_url: lookup("XAI_UPSTREAM_URL")
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty()),
+            upstream_url,
             auth_required: flag(lookup, "XAI_API_AUTH_REQUIRED", d.auth_required)?,
             allow_query_key: flag(lookup, "XAI_API_KEY_ALLOW_QUERY", d.allow_query_key)?,
             trusted_proxies,

@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::connect_info::MockConnectInfo;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use tower::Layer;
 
 use crate::admin;
 use crate::auth::{Outcome, Principal, decide};
@@ -68,9 +70,10 @@ fn own_route(method: &Method, path: &str) -> Option<(Access, &'static str)> {
 }
 
 /// The router over `state`. Serve it with `ConnectInfo<SocketAddr>` (as [`crate::Gateway::run`]
-/// does); without it the client address is taken as 0.0.0.0.
+/// does; in-process tests may use axum's `MockConnectInfo`); without either the client address
+/// is taken as 0.0.0.0.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(admin::health))
         .route("/metrics", get(admin::metrics))
         .route("/admin/openapi.json", get(admin::openapi))
@@ -85,15 +88,31 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/api-key-events", get(admin::events))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(proxy)
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .with_state(state)
+        .with_state(state.clone());
+    // Authentication wraps the routes rather than being a route layer: it runs before routing,
+    // so the gateway's own endpoints are routed on the normalised path it writes back
+    // (`/api/v2/admin/api-keys` is the admin API, never a proxied request).
+    let authenticated = middleware::from_fn_with_state(state, authenticate).layer(routes);
+    Router::new().fallback_service(authenticated)
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
+    // Named by the route's pattern, not the request path: a key pasted into the path where its
+    // id belongs must not be echoed back.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .or_else(|| {
+            req.extensions()
+                .get::<RequestContext>()
+                .map(|c| c.route.to_string())
+        })
+        .unwrap_or_else(|| "this path".to_string());
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        format!("{} is not allowed on {route}", req.method()),
     )
 }
 
@@ -101,6 +120,20 @@ async fn proxy(State(st): State<AppState>, req: Request) -> Response {
     let Some(ctx) = req.extensions().get::<RequestContext>().cloned() else {
         return ApiError::internal("routing", "request context missing").into_response();
     };
+    // A path in the gateway's own namespace that no handler serves (`/admin/api-keys/x/y`) is
+    // answered here, never forwarded to the node.
+    if normalize_path(req.uri().path()).is_ok_and(|n| own_route(req.method(), &n).is_some()) {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "{} {} is not an endpoint of the gateway's key API; see GET /admin/openapi.json",
+                req.method(),
+                ctx.route
+            ),
+        )
+        .into_response();
+    }
     let Some(up) = &st.upstream else {
         st.metrics.upstream("no_upstream");
         return ApiError::new(
@@ -140,10 +173,17 @@ fn route_for(st: &AppState, method: &Method, norm: &str) -> (Route, bool) {
 
 async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
+    // `MockConnectInfo` is axum's test stand-in for `ConnectInfo`, honoured as its extractor does.
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        .map(|c| c.0)
+        .or_else(|| {
+            req.extensions()
+                .get::<MockConnectInfo<SocketAddr>>()
+                .map(|m| m.0)
+        })
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
     let client = credentials::client_addr(peer, req.headers(), &st.cfg.trusted_proxies);
     let method = req.method().clone();
     let norm = match normalize_path(req.uri().path()) {

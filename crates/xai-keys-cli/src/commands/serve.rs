@@ -56,6 +56,16 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
         format!("invalid --listen / XAI_LISTEN {listen:?}: use IP:PORT such as 127.0.0.1:8080 or [::]:8080")
     })?;
     init_logging(a.log_format);
+    // Bind before bootstrapping: an address in use must not cost a first admin key that is
+    // printed for a start that then fails (and is never offered again on that store).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("xai-keys-gw")
+        .build()
+        .context("cannot start the async runtime")?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(listen_addr))
+        .with_context(|| format!("cannot listen on {listen_addr}"))?;
 
     let store: Arc<dyn KeyStore> = Arc::new(cfg.open_store()?);
     let now = xai_keys_core::now_epoch();
@@ -116,15 +126,7 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
         "starting gateway"
     );
     let gateway = Gateway::start(scfg, store, xai_keys_server::system_clock())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("xai-keys-gw")
-        .build()
-        .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen_addr)
-            .await
-            .with_context(|| format!("cannot listen on {listen_addr}"))?;
         let local = listener.local_addr().context("listener address")?;
         tracing::info!(addr = %local, "listening");
         gateway

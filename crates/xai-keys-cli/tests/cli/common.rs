@@ -1,8 +1,13 @@
-//! Shared helpers: a temporary store, a command builder with a clean environment, JSON runs.
+//! Shared helpers: a temporary store, a command builder with a clean environment, JSON runs,
+//! and for `serve` a gateway process guard plus a tiny blocking HTTP/1.1 client.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use serde_json::Value;
@@ -109,4 +114,324 @@ pub fn read(p: &Path) -> String {
 pub fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+// ---------------------------------------------------------------------------------------------
+// serve: a running gateway process and a tiny blocking HTTP/1.1 client.
+
+/// Longest a gateway may take to print its `listening` line, or to stop after SIGTERM.
+pub const GATEWAY_START: Duration = Duration::from_secs(10);
+pub const GATEWAY_STOP: Duration = Duration::from_secs(5);
+/// Bounds of one HTTP exchange with the gateway.
+pub const HTTP_CONNECT: Duration = Duration::from_secs(5);
+pub const HTTP_EXCHANGE: Duration = Duration::from_secs(10);
+
+/// A running `xai-keys serve`, killed on drop so a failing test never leaves it behind.
+/// Its stderr (the notice, then JSON log lines) is collected by a thread as it arrives.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Env {
+    /// `xai-keys --store … -o json serve --listen 127.0.0.1:0 ARGS` with a clean environment
+    /// plus `vars`, not started.
+    pub fn serve_cmd(&self, args: &[&str], vars: &[(&str, &str)]) -> std::process::Command {
+        let mut c = std::process::Command::new(BIN);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("XAI_") {
+                c.env_remove(k);
+            }
+        }
+        c.arg("--store")
+            .arg(&self.store)
+            .args(["-o", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            // The tests poll admin routes and retry revoked keys: the admin and failed-auth
+            // limits (20 per minute) are not what they are about. `vars` may turn them back on.
+            .env("XAI_RATE_LIMIT_ENABLED", "0");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Starts a gateway on this store and waits (bounded) until it listens.
+    pub fn serve(&self, args: &[&str], vars: &[(&str, &str)]) -> Gateway {
+        Gateway::start(self.serve_cmd(args, vars))
+    }
+}
+
+impl Gateway {
+    pub fn start(mut cmd: std::process::Command) -> Gateway {
+        let mut child = cmd.spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let deadline = Instant::now() + GATEWAY_START;
+        let addr = loop {
+            let text = stderr.lock().unwrap().clone();
+            if let Some(addr) = json_lines(&text)
+                .into_iter()
+                .find(|v| v["message"] == "listening")
+                .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()))
+            {
+                break addr;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                // Let the reader thread drain what the process wrote before it exited.
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "serve exited with {status} before listening; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "serve did not print its listening line within {GATEWAY_START:?}; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Gateway {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The structured log lines written so far.
+    pub fn logs(&self) -> Vec<Value> {
+        json_lines(&self.stderr())
+    }
+
+    /// Waits (bounded) for a log line matching `pred`.
+    pub fn wait_for_log(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let found = poll(Duration::from_secs(5), || {
+            self.logs().into_iter().find(|v| pred(v))
+        });
+        found.unwrap_or_else(|| panic!("no log line for {what}; stderr:\n{}", self.stderr()))
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
+        http(self.addr, method, path, headers, body)
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.request("GET", path, headers, None)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit; returns the status and how long it took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let st = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < GATEWAY_STOP,
+                "serve did not stop within {GATEWAY_STOP:?} of SIGTERM; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines of `text` that are JSON objects (the structured log), in order.
+pub fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// Calls `f` every 10 ms until it returns `Some`, for at most `limit`.
+pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// Names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {} body is not JSON ({e}): {}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request over a fresh connection (`Connection: close`), every step bounded. A JSON body
+/// is sent with `Content-Type: application/json`.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    let what = format!("{method} {path} on {addr}");
+    let mut s = TcpStream::connect_timeout(&addr, HTTP_CONNECT)
+        .unwrap_or_else(|e| panic!("{what}: cannot connect: {e}"));
+    s.set_read_timeout(Some(HTTP_EXCHANGE)).unwrap();
+    s.set_write_timeout(Some(HTTP_EXCHANGE)).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    s.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("{what}: cannot send: {e}"));
+    let deadline = Instant::now() + HTTP_EXCHANGE;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "{what}: reading the response failed ({e}) after {} bytes: {}",
+                raw.len(),
+                String::from_utf8_lossy(&raw)
+            ),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no complete response within {HTTP_EXCHANGE:?}"
+        );
+    }
+    parse_reply(&raw).unwrap_or_else(|| {
+        panic!(
+            "{what}: not an HTTP/1.1 response: {}",
+            String::from_utf8_lossy(&raw)
+        )
+    })
+}
+
+fn parse_reply(raw: &[u8]) -> Option<Reply> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
+    Some(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
 }

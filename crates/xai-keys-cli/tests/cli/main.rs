@@ -8,5 +8,6 @@ mod crash;
 mod diskfull;
 mod fixtures;
 mod operator;
+mod serve;
 mod smoke;
 mod usage;

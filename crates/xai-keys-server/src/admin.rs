@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use xai_keys_core::audit::{Actor, EventQuery};
 use xai_keys_core::ops::{
-    IssueRequest, KeyManager, MIN_PREFIX, RotateRequest, listing_json_with_usage,
+    IssueRequest, KeyManager, MIN_PREFIX, RotateRequest, check_label, listing_json_with_usage,
 };
 use xai_keys_core::policy::TtlRequest;
 use xai_keys_core::scope::Scope;
@@ -22,7 +22,6 @@ use crate::credentials::form_pairs;
 use crate::error::{ApiError, success};
 use crate::router::RequestContext;
 use crate::state::AppState;
-use crate::usage::merged;
 
 /// Largest `limit` of `GET /admin/api-key-events`.
 pub const MAX_EVENTS_LIMIT: usize = 1000;
@@ -360,7 +359,10 @@ pub async fn list_keys(State(st): State<AppState>) -> Result<Response, ApiError>
         let m = KeyManager::new(st2.store.as_ref(), st2.cfg.ttl);
         let (keys, warnings, _) = m.list(&Default::default(), now)?;
         let (usage, usage_warning) = match st2.store.usage() {
-            Ok(u) => (merged(u, &st2.usage.snapshot()), None),
+            Ok(mut u) => {
+                xai_keys_core::usage::merge(&mut u, &st2.usage.snapshot());
+                (u, None)
+            }
             Err(e) => (st2.usage.snapshot(), Some(e.to_string())),
         };
         let mut store = Map::new();
@@ -403,6 +405,8 @@ pub async fn issue_key(
             ],
         )?;
         let label = opt_string(&m, "label")?.unwrap_or_default();
+        // Validated before the store-health check: a bad request is a 400 whatever the store's state.
+        check_label(&label)?;
         let scope = scope_from(&m)?.unwrap_or(Scope::User);
         let ttl = ttl_from(&m)?.unwrap_or(TtlRequest::Default);
         writable(&st)?;
@@ -526,10 +530,14 @@ pub async fn rotate_key(
                 )));
             }
         };
+        let label = opt_string(&m, "label")?;
+        if let Some(l) = &label {
+            check_label(l)?;
+        }
         let req = RotateRequest {
             grace_secs,
             scope: scope_from(&m)?,
-            label: opt_string(&m, "label")?,
+            label,
             ttl: ttl_from(&m)?,
         };
         writable(&st)?;

@@ -96,6 +96,24 @@ pub fn router(state: AppState) -> Router {
     Router::new().fallback_service(authenticated)
 }
 
+/// The path for logs, with any segment that looks like a key (our `xai_` prefix, or longer than
+/// a key id) replaced: a key pasted into a URL must not reach the logs.
+pub fn loggable_path(norm: &str) -> String {
+    let mut out = String::with_capacity(norm.len());
+    for seg in norm.split('/').skip(1) {
+        out.push('/');
+        if seg.starts_with("xai_") || seg.len() > 64 {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(seg);
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
 async fn method_not_allowed(req: Request) -> ApiError {
     // Named by the route's pattern, not the request path: a key pasted into the path where its
     // id belongs must not be echoed back.
@@ -329,7 +347,7 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
             target: "xai_keys::access",
             client = %client,
             method = %method,
-            path = %norm,
+            path = %loggable_path(&norm),
             route = %route.template,
             status = resp.status().as_u16(),
             key = fingerprint.as_deref().unwrap_or("-"),
@@ -338,4 +356,36 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         );
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_route_is_an_own_route_with_its_template() {
+        for (m, p) in crate::openapi::OWN_ROUTES {
+            let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes()).unwrap();
+            let concrete = p.replace("{key_id}", "0123456789abcdef");
+            let (_, name) = own_route(&method, &concrete).unwrap_or_else(|| panic!("{m} {p}"));
+            assert_eq!(name, *p);
+        }
+        assert!(own_route(&Method::GET, "/admin/peers").is_none());
+        assert!(own_route(&Method::POST, "/send").is_none());
+    }
+
+    #[test]
+    fn keys_pasted_into_paths_are_redacted_in_logs() {
+        let k = "xai_m7sps0WHw9NlG6jX2ibw90RBCIxH6CBC817YbIbZ1ET2qHnjs";
+        assert_eq!(
+            loggable_path(&format!("/admin/api-keys/{k}/rotate")),
+            "/admin/api-keys/<redacted>/rotate"
+        );
+        assert_eq!(loggable_path("/send"), "/send");
+        assert_eq!(loggable_path("/"), "/");
+        assert_eq!(
+            loggable_path(&format!("/x/{}", "a".repeat(65))),
+            "/x/<redacted>"
+        );
+    }
 }

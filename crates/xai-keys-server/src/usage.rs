@@ -123,27 +123,6 @@ impl UsageTracker {
     }
 }
 
-/// Merges `recent` (unflushed, this process) over `stored` (the sidecar): later use wins,
-/// counts add.
-pub fn merged(mut stored: UsageMap, recent: &UsageMap) -> UsageMap {
-    for (k, r) in recent {
-        match stored.get_mut(k) {
-            Some(s) => {
-                s.count += r.count;
-                if r.last_used >= s.last_used {
-                    s.last_used = r.last_used;
-                    s.last_client = r.last_client.clone();
-                    s.last_route = r.last_route.clone();
-                }
-            }
-            None => {
-                stored.insert(k.clone(), r.clone());
-            }
-        }
-    }
-    stored
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,7 +153,8 @@ mod tests {
                 last_route: "/y".into(),
             },
         );
-        let m = merged(stored, &s);
+        xai_keys_core::usage::merge(&mut stored, &s);
+        let m = stored;
         assert_eq!((m[k.as_str()].count, m[k.as_str()].last_used), (8, 20.0));
     }
 }

@@ -718,21 +718,31 @@ impl FileStore {
     }
 }
 
-impl KeyStore for FileStore {
-    fn location(&self) -> String {
-        self.store.display().to_string()
-    }
-
-    fn load(&self, now: f64) -> Result<Snapshot> {
+impl FileStore {
+    /// One read of the store checked against the log. `locked`: the caller holds the writers'
+    /// lock (no commit is in flight; an interrupted one is completed here, not by taking the
+    /// lock again).
+    fn load_checked(&self, now: f64, locked: bool) -> Result<Snapshot> {
         let mut warnings = Vec::new();
         // The writers' checks, directory included, before anything is read or rolled forward:
         // in a directory others can write to, the files (and `.pending`) may be theirs.
         check_all(&[&self.dir, &self.store, &self.log], &mut warnings)?;
-        self.recover_if_pending(now, &mut warnings);
+        if !locked {
+            self.recover_if_pending(now, &mut warnings);
+        }
+        // The in-process writers' mutex before the log's head: a commit of this process holds
+        // it from its log append to its rename, so the head and the store read below are of
+        // the same commit.
+        let mut cache = self.cache();
+        if locked && self.pending.exists() {
+            match self.recover(&mut cache, now, Mode::Reader) {
+                Ok(r) => warnings.extend(r.notes),
+                Err(e) => warnings.push(format!("could not complete an interrupted change: {e}")),
+            }
+        }
         // Cheap tamper check (a tail read): the store should be what the log last recorded.
         let head = audit::read_head(&self.log);
         let want = head.as_ref().ok().and_then(|h| h.store_sha256.clone());
-        let mut cache = self.cache();
         // A cached parse is reused only while the file's stamp is unchanged, and a stamp can
         // repeat (a reused inode, same size, timestamps within one clock tick): one whose
         // digest is not the recorded state may be stale, so the file is read again.
@@ -806,6 +816,27 @@ impl KeyStore for FileStore {
             warnings,
             integrity,
         })
+    }
+}
+
+impl KeyStore for FileStore {
+    fn location(&self) -> String {
+        self.store.display().to_string()
+    }
+
+    fn load(&self, now: f64) -> Result<Snapshot> {
+        let snap = self.load_checked(now, false)?;
+        if !matches!(snap.integrity, Integrity::Mismatch | Integrity::Erased) {
+            return Ok(snap);
+        }
+        // Another process may be between a commit's log append (its commit point) and its
+        // rename: the log already records a store that is not in place yet. Such a commit holds
+        // the writers' lock until it is complete, so look again under that lock before
+        // reporting the store as changed outside xai-keys.
+        match self.lock_file() {
+            Ok(_lock) => self.load_checked(now, true),
+            Err(_) => Ok(snap),
+        }
     }
 
     fn version(&self) -> Result<StoreVersion> {
@@ -1253,6 +1284,43 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    /// Loads running while commits land (same store object, and a second object standing for
+    /// another process) always see a store that matches its log: never a spurious mismatch.
+    #[test]
+    fn loads_during_commits_never_report_a_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        let store = fast(&path);
+        let other = fast(&path);
+        let m = KeyManager::new(&store, TtlPolicy::default());
+        issue(&m, 1.0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                for i in 0..150 {
+                    issue(&m, 2.0 + f64::from(i));
+                }
+                stop.store(true, Ordering::SeqCst);
+            });
+            for reader in [&store, &other] {
+                let stop = &stop;
+                s.spawn(move || {
+                    let mut loads = 0;
+                    while !stop.load(Ordering::SeqCst) || loads == 0 {
+                        let snap = reader.load(1.0).unwrap();
+                        assert!(
+                            snap.integrity.is_consistent(),
+                            "load {loads}: {:?}",
+                            snap.integrity
+                        );
+                        loads += 1;
+                    }
+                });
+            }
+            writer.join().unwrap();
+        });
     }
 
     fn issue(m: &KeyManager<'_>, now: f64) -> KeyId {

@@ -195,6 +195,16 @@ fn opt_positive(m: &Map<String, Value>, f: &str) -> Result<Option<f64>, ApiError
 fn ttl_from(m: &Map<String, Value>) -> Result<Option<TtlRequest>, ApiError> {
     let days = opt_positive(m, "expires_in_days")?;
     let hours = opt_positive(m, "expires_in_hours")?;
+    for (f, secs) in [
+        ("expires_in_days", days.map(|d| d * 86_400.0)),
+        ("expires_in_hours", hours.map(|h| h * 3_600.0)),
+    ] {
+        if secs.is_some_and(|s| s < 1.0) {
+            return Err(ApiError::invalid_payload(format!(
+                "TTL must be at least 1 second: {f} is too small"
+            )));
+        }
+    }
     let permanent = opt_bool(m, "permanent")?.unwrap_or(false);
     if permanent && (days.is_some() || hours.is_some()) {
         return Err(ApiError::invalid_payload(
@@ -700,6 +710,7 @@ mod tests {
             Some(2.5)
         );
         assert!(ttl_from(&obj(json!({"permanent": true, "expires_in_days": 1}))).is_err());
+        assert!(ttl_from(&obj(json!({"expires_in_hours": 1e-300}))).is_err());
         assert!(scope_from(&obj(json!({"scope": "root"}))).is_err());
         assert_eq!(
             scope_from(&obj(json!({"scope": " ADMIN "}))).unwrap(),

@@ -3,7 +3,8 @@
 //! With `XAI_BOOTSTRAP_ADMIN_KEY` set, the gateway registers that secret as an admin key
 //! (idempotent). Otherwise, on a brand-new store (no keys and no audit history), it generates
 //! one admin key and hands it back once for the caller to print; `--no-auto-bootstrap` turns
-//! that off. A store with history is never bootstrapped again behind the operator's back.
+//! that off. A store with history is never bootstrapped again behind the operator's back, and a
+//! bootstrap secret whose key was revoked is never registered again.
 
 use xai_keys_core::audit::{Actor, EventQuery};
 use xai_keys_core::error::Result;
@@ -24,6 +25,9 @@ pub enum Bootstrap {
     NotNeeded,
     /// Auto-bootstrap is off and the store is new.
     Skipped,
+    /// The configured secret's key was revoked (or rotated away) earlier: it is not brought
+    /// back. The operator should remove `XAI_BOOTSTRAP_ADMIN_KEY`.
+    SecretRetired { key_id: KeyId },
 }
 
 /// Label of a generated first admin key.
@@ -39,6 +43,20 @@ pub fn bootstrap(
     let mgr = KeyManager::new(store, ttl);
     let actor = Actor::System;
     if let Some(s) = secret {
+        let id = s.key_id();
+        // The variable usually stays in the unit's environment: a key revoked since must not
+        // come back on the next restart.
+        let present = store.load(now)?.keys.contains_key(&id);
+        if !present {
+            let history = store.events(&EventQuery {
+                limit: 1,
+                key_id: Some(id.to_string()),
+                ..Default::default()
+            })?;
+            if !history.events.is_empty() {
+                return Ok(Bootstrap::SecretRetired { key_id: id });
+            }
+        }
         let b = mgr.bootstrap_admin(&s, "bootstrap-admin", TtlRequest::Default, &actor, now)?;
         return Ok(Bootstrap::FromSecret {
             key_id: b.info.key_id,

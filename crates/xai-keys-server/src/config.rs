@@ -49,6 +49,11 @@ pub struct ServerConfig {
     pub ttl: TtlPolicy,
     /// `XAI_ROUTE_POLICY` (a TOML file) or the built-in policy.
     pub policy: RoutePolicy,
+    /// `XAI_API_VERSIONS` (`v1,v2`): the node's version prefixes, removed before the policy
+    /// judges a path (`vN` is always removed).
+    pub api_versions: Vec<String>,
+    /// `XAI_MAX_CONNECTIONS` (4096): open client connections; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 /// A configuration value that cannot be used.
@@ -82,6 +87,8 @@ impl Default for ServerConfig {
             access_log: true,
             ttl: TtlPolicy::default(),
             policy: RoutePolicy::builtin(),
+            api_versions: vec!["v1".into(), "v2".into()],
+            max_connections: 4096,
         }
     }
 }
@@ -190,6 +197,29 @@ impl ServerConfig {
             access_log: flag(lookup, "XAI_ACCESS_LOG", d.access_log)?,
             ttl,
             policy,
+            api_versions: match lookup("XAI_API_VERSIONS") {
+                Some(raw) => {
+                    let v: Vec<String> = raw
+                        .split(',')
+                        .map(|s| s.trim().trim_matches('/').to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect();
+                    if let Some(bad) = v.iter().find(|s| s.contains(['/', '%', '?', '#'])) {
+                        return Err(ConfigError(format!(
+                            "XAI_API_VERSIONS: {bad:?} is not a single path segment (e.g. v1,v2)"
+                        )));
+                    }
+                    v
+                }
+                None => d.api_versions,
+            },
+            max_connections: num(
+                lookup,
+                "XAI_MAX_CONNECTIONS",
+                d.max_connections,
+                16,
+                1 << 20,
+            )?,
         })
     }
 }

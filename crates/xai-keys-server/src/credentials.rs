@@ -204,25 +204,28 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAd
     if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&peer)) {
         return peer;
     }
-    let mut hops: Vec<IpAddr> = Vec::new();
+    // Entries appended by our trusted proxies are on the right; the first untrusted address
+    // from the right is the client. Entries left of it were written by the client and are never
+    // parsed. An unparseable entry before that point means the chain cannot be followed: the
+    // nearest trusted hop is the client.
+    let mut entries: Vec<&str> = Vec::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         let Ok(s) = v.to_str() else {
             return peer;
         };
-        for part in s.split(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => hops.push(canonical(ip)),
-                // A malformed chain cannot be believed: the proxy itself is the client.
-                Err(_) => return peer,
-            }
-        }
+        entries.extend(s.split(','));
     }
-    for ip in hops.into_iter().rev() {
+    let mut nearest = peer;
+    for raw in entries.into_iter().rev() {
+        let Ok(ip) = raw.trim().parse::<IpAddr>().map(canonical) else {
+            return nearest;
+        };
         if !trusted.iter().any(|n| n.contains(&ip)) {
             return ip;
         }
+        nearest = ip;
     }
-    peer
+    nearest
 }
 
 /// IPv4-mapped IPv6 addresses as IPv4, so lists and limits see one form.

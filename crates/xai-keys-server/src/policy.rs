@@ -437,6 +437,13 @@ pub struct BadPath(pub &'static str);
 /// `/`, a NUL or invalid UTF-8 refused), empty and `.`/`..` segments refused, one trailing `/`
 /// ignored, and the reference's version prefixes (`/api/vN`, `/vN`) removed.
 pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
+    normalize_path_with(raw, &[])
+}
+
+/// [`normalize_path`], also removing the node's configured API versions (`XAI_API_VERSIONS`,
+/// e.g. `beta`) as prefixes. Prefixes are removed repeatedly (`/v1/v2/admin` is judged as
+/// `/admin`): the gateway may be stricter than the node's routing, never looser.
+pub fn normalize_path_with(raw: &str, versions: &[String]) -> Result<String, BadPath> {
     if !raw.starts_with('/') {
         return Err(BadPath("the path must start with '/'"));
     }
@@ -494,14 +501,18 @@ pub fn normalize_path(raw: &str) -> Result<String, BadPath> {
         }
         segs.push(s);
     }
-    let is_version =
-        |s: &str| s.len() > 1 && s.starts_with('v') && s[1..].bytes().all(|b| b.is_ascii_digit());
-    let skip = match segs.as_slice() {
-        ["api", v, ..] if is_version(v) => 2,
-        [v, ..] if is_version(v) => 1,
-        _ => 0,
+    let is_version = |s: &str| {
+        (s.len() > 1 && s.starts_with('v') && s[1..].bytes().all(|b| b.is_ascii_digit()))
+            || versions.iter().any(|v| v == s)
     };
-    let rest = segs.get(skip..).unwrap_or(&[]);
+    let mut rest: &[&str] = &segs;
+    loop {
+        rest = match rest {
+            ["api", v, tail @ ..] if is_version(v) => tail,
+            [v, tail @ ..] if is_version(v) => tail,
+            _ => break,
+        };
+    }
     let mut norm = String::with_capacity(trimmed.len());
     for s in rest {
         if s.is_empty() {
@@ -567,6 +578,14 @@ mod tests {
         assert_eq!(normalize_path("/").unwrap(), "/");
         assert_eq!(normalize_path("/api/v1").unwrap(), "/");
         assert_eq!(normalize_path("/version/x").unwrap(), "/version/x");
+        assert_eq!(normalize_path("/v1/v2/admin/x").unwrap(), "/admin/x");
+        assert_eq!(normalize_path("/api/v1/v2/admin").unwrap(), "/admin");
+        let beta = ["beta".to_string()];
+        assert_eq!(
+            normalize_path_with("/beta/admin/x", &beta).unwrap(),
+            "/admin/x"
+        );
+        assert_eq!(normalize_path("/beta/admin/x").unwrap(), "/beta/admin/x");
     }
 
     #[test]

@@ -73,6 +73,12 @@ impl Upstream {
         let Some(auth) = uri.authority() else {
             return Err(format!("upstream URL {url:?} has no host"));
         };
+        if auth.as_str().contains('@') {
+            return Err(
+                "upstream URL must not carry credentials (user:password@): they would be shown in /health and logs and sent as the Host header; protect the node by binding it to a private address"
+                    .to_string(),
+            );
+        }
         if uri.query().is_some() {
             return Err(format!("upstream URL {url:?} must not carry a query"));
         }
@@ -150,6 +156,7 @@ impl Upstream {
         let mut headers = parts.headers;
         let original_host = headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut headers);
+        strip_lookalikes(&mut headers);
         for h in [
             X_API_KEY,
             X_ADMIN_TOKEN,
@@ -159,6 +166,7 @@ impl Upstream {
             X_FORWARDED_FOR,
             X_REAL_IP,
             X_FORWARDED_HOST,
+            header::FORWARDED,
             header::HOST,
         ] {
             headers.remove(&h);
@@ -235,6 +243,32 @@ impl Upstream {
     }
 }
 
+/// Headers the gateway controls, by their lower-case names with `-`.
+const CONTROLLED: [&str; 8] = [
+    "x-api-key",
+    "x-admin-token",
+    "authorization",
+    "x-xai-key-id",
+    "x-xai-scope",
+    "x-forwarded-for",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Removes spellings of controlled headers with `_` for `-` (`X_XAI_SCOPE`): some servers
+/// (WSGI via CGI-style environ) read them as the real header.
+fn strip_lookalikes(h: &mut HeaderMap) {
+    let lookalikes: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| CONTROLLED.contains(&n.as_str().replace('_', "-").as_str()))
+        .cloned()
+        .collect();
+    for n in lookalikes {
+        h.remove(n);
+    }
+}
+
 /// Removes hop-by-hop headers, including those named by `Connection`.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
@@ -272,6 +306,7 @@ mod tests {
         assert!(Upstream::new("https://node:1", t, 1).is_err());
         assert!(Upstream::new("node:1", t, 1).is_err());
         assert!(Upstream::new("http://node:1/?a=1", t, 1).is_err());
+        assert!(Upstream::new("http://u:p@node:1", t, 1).is_err());
         assert_eq!(
             Upstream::new("http://127.0.0.1:9/api/", t, 1)
                 .unwrap()
@@ -295,5 +330,10 @@ mod tests {
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
+        h.insert("x_xai_scope", HeaderValue::from_static("admin"));
+        h.insert("x_api_key", HeaderValue::from_static("k"));
+        h.insert("x_other_thing", HeaderValue::from_static("1"));
+        strip_lookalikes(&mut h);
+        assert_eq!(h.len(), 2);
     }
 }

@@ -35,14 +35,24 @@ impl PartialEq for Limit {
 #[derive(Debug)]
 pub struct Limiter<K> {
     limit: Limit,
-    windows: Mutex<HashMap<K, (f64, u32)>>,
+    windows: Mutex<Windows<K>>,
+}
+
+#[derive(Debug)]
+struct Windows<K> {
+    map: HashMap<K, (f64, u32)>,
+    /// When the map was last swept at capacity: at most one sweep per second.
+    last_sweep: f64,
 }
 
 impl<K: Hash + Eq + Clone> Limiter<K> {
     pub fn new(limit: Limit) -> Self {
         Limiter {
             limit,
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(Windows {
+                map: HashMap::new(),
+                last_sweep: f64::NEG_INFINITY,
+            }),
         }
     }
 
@@ -50,7 +60,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         self.limit
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (f64, u32)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Windows<K>> {
         match self.windows.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -63,7 +73,8 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
 
     /// Counts one event for `key`; refuses once `max` events fall in the current window.
     pub fn hit(&self, key: &K, now: f64) -> Result<u32, Exceeded> {
-        let mut m = self.lock();
+        let mut guard = self.lock();
+        let Windows { map: m, last_sweep } = &mut *guard;
         let w = self.limit.window_secs;
         if let Some((start, n)) = m.get_mut(key) {
             // A clock that went back starts a new window rather than blocking for long.
@@ -82,7 +93,10 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
             return Ok(self.limit.max - *n);
         }
         if m.len() >= MAX_TRACKED {
-            m.retain(|_, (start, _)| now - *start < w && now >= *start);
+            if now - *last_sweep >= 1.0 || now < *last_sweep {
+                *last_sweep = now;
+                m.retain(|_, (start, _)| now - *start < w && now >= *start);
+            }
             if m.len() >= MAX_TRACKED {
                 return Ok(self.limit.max);
             }
@@ -100,7 +114,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     /// Whether `key` is over its limit now, without counting.
     pub fn blocked(&self, key: &K, now: f64) -> Option<Exceeded> {
         let m = self.lock();
-        let (start, n) = *m.get(key)?;
+        let (start, n) = *m.map.get(key)?;
         (now - start < self.limit.window_secs && now >= start && n >= self.limit.max).then(|| {
             Exceeded {
                 retry_after: self.retry(start, now),
@@ -110,7 +124,19 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     }
 
     pub fn tracked(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
+    }
+}
+
+/// The bucket a client address counts in: IPv4 addresses alone, IPv6 by /64 (one host
+/// usually holds a whole /64, so per-address buckets would be free to multiply).
+pub fn client_bucket(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 
@@ -132,5 +158,14 @@ mod tests {
         assert!(l.blocked(&2, 5.0).is_none());
         assert_eq!(l.hit(&1, 10.0), Ok(1), "new window");
         assert_eq!(l.hit(&1, 3.0), Ok(1), "clock went back: new window");
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        assert_eq!(client_bucket(a), client_bucket(b));
+        let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_bucket(v4), v4);
     }
 }

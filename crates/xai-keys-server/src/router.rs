@@ -23,7 +23,8 @@ use crate::admin;
 use crate::auth::{Outcome, Principal, decide};
 use crate::credentials::{self, strip_api_key};
 use crate::error::ApiError;
-use crate::policy::{Access, Route, normalize_path};
+use crate::policy::{Access, Route, normalize_path_with};
+use crate::ratelimit::client_bucket;
 use crate::state::AppState;
 
 /// What the middleware learned, for handlers.
@@ -36,6 +37,17 @@ pub struct RequestContext {
     /// The query to forward (without `api_key`).
     pub forward_query: Option<String>,
 }
+
+/// The methods the gateway forwards or serves.
+const STANDARD_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 /// The gateway's own routes: (method, normalised path) → access and name.
 fn own_route(method: &Method, path: &str) -> Option<(Access, &'static str)> {
@@ -140,7 +152,9 @@ async fn proxy(State(st): State<AppState>, req: Request) -> Response {
     };
     // A path in the gateway's own namespace that no handler serves (`/admin/api-keys/x/y`) is
     // answered here, never forwarded to the node.
-    if normalize_path(req.uri().path()).is_ok_and(|n| own_route(req.method(), &n).is_some()) {
+    if normalize_path_with(req.uri().path(), &st.cfg.api_versions)
+        .is_ok_and(|n| own_route(req.method(), &n).is_some())
+    {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -204,9 +218,22 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
     let client = credentials::client_addr(peer, req.headers(), &st.cfg.trusted_proxies);
     let method = req.method().clone();
-    let norm = match normalize_path(req.uri().path()) {
+    // `http::Method` is case-sensitive (`delete` is an extension method) while the node
+    // upper-cases methods before routing: anything but the standard methods would slip past
+    // method-scoped rules, so it is refused here.
+    if !STANDARD_METHODS.contains(&method) {
+        tracing::info!(target: "xai_keys::auth", client = %client, "request refused: non-standard method");
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "only GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS are accepted (methods are case-sensitive)",
+        )
+        .into_response();
+    }
+    let norm = match normalize_path_with(req.uri().path(), &st.cfg.api_versions) {
         Ok(p) => p,
         Err(e) => {
+            tracing::info!(target: "xai_keys::auth", client = %client, problem = e.0, "request refused: invalid path");
             return ApiError::bad_request(
                 "invalid_path",
                 format!("{}: request paths must be plain, normalised paths", e.0),
@@ -219,10 +246,11 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
     let class = route.access.as_str();
 
     if route.access != Access::Public
-        && let Some(x) = st.fail_limiter.blocked(&client, now)
+        && let Some(x) = st.fail_limiter.blocked(&client_bucket(client), now)
         && st.cfg.rate_limit_enabled
     {
         st.metrics.rate_limited("auth_failures");
+        tracing::info!(target: "xai_keys::auth", client = %client, route = %route.template, "request refused: too many failed authentications");
         st.metrics.auth(
             "rate_limited",
             "none",
@@ -252,6 +280,7 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
                 class,
                 started.elapsed().as_secs_f64(),
             );
+            tracing::info!(target: "xai_keys::auth", client = %client, route = %route.template, problem = %e.0, "request refused: unreadable credentials");
             return ApiError::bad_request("invalid_credentials", e.0).into_response();
         }
     };
@@ -272,7 +301,7 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         Outcome::Denied(d) => {
             st.metrics.auth(d.reason(), "none", class, decided);
             if d.is_failed_guess() && st.cfg.rate_limit_enabled {
-                let _ = st.fail_limiter.hit(&client, now);
+                let _ = st.fail_limiter.hit(&client_bucket(client), now);
             }
             tracing::info!(
                 target: "xai_keys::auth",
@@ -296,9 +325,12 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
 
     if st.cfg.rate_limit_enabled
         && norm.starts_with("/admin")
-        && let Err(x) = st.admin_limiter.hit(&(client, route.template.clone()), now)
+        && let Err(x) = st
+            .admin_limiter
+            .hit(&(client_bucket(client), route.template.clone()), now)
     {
         st.metrics.rate_limited("admin");
+        tracing::info!(target: "xai_keys::auth", client = %client, route = %route.template, "request refused: admin rate limit");
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",

@@ -1,12 +1,16 @@
 //! Serving: the accept loop, connection limits and graceful shutdown.
 //!
-//! Each connection is served by hyper (HTTP/1.1 and HTTP/2) with a header-read timeout and a
-//! header-count cap, so a slow or malicious client cannot hold the gateway. On shutdown the
-//! listener closes, in-flight requests get `shutdown_grace` to finish, the store watcher stops
-//! and the last usage data is written.
+//! Each connection is served by hyper (HTTP/1.1 and HTTP/2) with a header-read timeout that also
+//! covers a client that connects and sends nothing, a header-count cap, HTTP/2 keep-alive pings
+//! and a stream cap, and at most `XAI_MAX_CONNECTIONS` connections at once (more wait in the
+//! listen backlog), so slow or idle clients cannot hold the gateway. On shutdown the listener
+//! closes, in-flight requests get `shutdown_grace` to finish, the store watcher stops and the
+//! last usage data is written.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -15,6 +19,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use crate::state::Gateway;
@@ -41,7 +46,13 @@ impl Gateway {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(64 * 1024);
+            .max_header_list_size(64 * 1024)
+            .max_concurrent_streams(128)
+            // An HTTP/2 connection that stops answering pings is closed.
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let slots = Arc::new(Semaphore::new(st.cfg.max_connections));
+        let first_byte = st.cfg.header_read_timeout;
         let graceful = GracefulShutdown::new();
         let flusher = {
             let st = st.clone();
@@ -59,35 +70,53 @@ impl Gateway {
         };
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(x) => x,
-                        Err(e) => {
-                            // Out of descriptors and similar: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let svc = router.clone().map_request(move |mut req: hyper::Request<Incoming>| {
-                        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                        req
-                    });
-                    let conn = builder.serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        TowerToHyperService::new(svc),
-                    );
-                    let conn = graceful.watch(conn.into_owned());
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                        }
-                    });
-                }
+            // At the connection cap, stop accepting: new clients wait in the listen backlog.
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
                 () = &mut shutdown => break,
-            }
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let svc = router
+                .clone()
+                .map_request(move |mut req: hyper::Request<Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    req
+                });
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let _permit = permit;
+                // hyper's header timeout starts with the first byte, and protocol detection
+                // waits without one: a client that connects and sends nothing is closed after
+                // the header timeout too.
+                let mut probe = [0u8; 1];
+                match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+                let conn = builder.serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(svc),
+                );
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+            });
         }
         drop(listener);
         tracing::info!("shutting down: draining in-flight requests");

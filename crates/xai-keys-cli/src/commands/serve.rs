@@ -103,6 +103,10 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
                 issued.plaintext.expose()
             );
         }
+        Bootstrap::SecretRetired { key_id } => tracing::error!(
+            key = key_id.fingerprint(),
+            "XAI_BOOTSTRAP_ADMIN_KEY names an admin key that was revoked or rotated away; it is NOT registered again. Remove the variable from the gateway's environment"
+        ),
         Bootstrap::NotNeeded => {}
         Bootstrap::Skipped => tracing::warn!(
             "the store is empty and auto-bootstrap is off: no key can use the admin API until `xai-keys bootstrap-admin` or `xai-keys issue --scope admin` runs"

@@ -489,6 +489,18 @@ async fn auth_off_opens_user_routes_only() {
         assert_eq!(r.status.as_u16(), 401, "{m} {p}: {}", r.text());
         assert_eq!(r.reason(), "missing_credentials", "{m} {p}");
     }
+    // A method spelled in lower case is another method to `http` but the same one to the
+    // node: it must not slip past method-scoped rules (DELETE /mempool/{txid} is admin).
+    for m in ["delete", "Delete", "dElEtE", "BREW"] {
+        let r = h
+            .send(req(
+                Method::from_bytes(m.as_bytes()).unwrap(),
+                "/mempool/abc",
+            ))
+            .await;
+        assert_eq!(r.status.as_u16(), 405, "{m}: {}", r.text());
+        assert_eq!(r.code(), "method_not_allowed");
+    }
     // And scopes still apply to a presented key.
     h.send(get("/admin/api-keys").key(&h.keys.user))
         .await

@@ -138,3 +138,27 @@ fn a_configured_secret_is_registered_idempotently() {
         Bootstrap::FromSecret { created: true, .. }
     ));
 }
+
+/// Reference defect A's resurrection, by the bootstrap path: the variable stays in the unit's
+/// environment, the key is revoked, and the gateway restarts.
+#[test]
+fn a_revoked_bootstrap_secret_is_not_registered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&store_path(dir.path()));
+    let secret = PlainToken::generate().unwrap();
+    let id = secret.key_id();
+    let again = PlainToken::from_supplied(secret.expose()).unwrap();
+    assert!(matches!(
+        bootstrap(store.as_ref(), policy(), Some(secret), true, T0).unwrap(),
+        Bootstrap::FromSecret { created: true, .. }
+    ));
+    KeyManager::new(store.as_ref(), policy())
+        .revoke(id.as_str(), None, &cli_actor(), T0 + 1.0)
+        .unwrap();
+    match bootstrap(store.as_ref(), policy(), Some(again), true, T0 + 2.0).unwrap() {
+        Bootstrap::SecretRetired { key_id } => assert_eq!(key_id, id),
+        other => panic!("{other:?}"),
+    }
+    assert!(!store.load(T0 + 2.0).unwrap().keys.contains_key(&id));
+    assert_eq!(events(store.as_ref()), 2, "issue and revoke only");
+}

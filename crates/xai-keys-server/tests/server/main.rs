@@ -12,6 +12,7 @@ mod admin_input;
 mod auth_policy;
 mod bootstrap;
 mod common;
+mod connections;
 mod metrics;
 mod proxy;
 mod reload;

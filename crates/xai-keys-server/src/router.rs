@@ -146,8 +146,8 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
-async fn proxy(State(st): State<AppState>, req: Request) -> Response {
-    let Some(ctx) = req.extensions().get::<RequestContext>().cloned() else {
+async fn proxy(State(st): State<AppState>, mut req: Request) -> Response {
+    let Some(ctx) = req.extensions_mut().remove::<RequestContext>() else {
         return ApiError::internal("routing", "request context missing").into_response();
     };
     // A path in the gateway's own namespace that no handler serves (`/admin/api-keys/x/y`) is
@@ -246,8 +246,8 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
     let class = route.access.as_str();
 
     if route.access != Access::Public
-        && let Some(x) = st.fail_limiter.blocked(&client_bucket(client), now)
         && st.cfg.rate_limit_enabled
+        && let Some(x) = st.fail_limiter.blocked(&client_bucket(client), now)
     {
         st.metrics.rate_limited("auth_failures");
         tracing::info!(target: "xai_keys::auth", client = %client, route = %route.template, "request refused: too many failed authentications");

@@ -148,25 +148,6 @@ pub fn ttl_given(t: &TtlArgs) -> bool {
     t.ttl.is_some() || t.ttl_days.is_some() || t.ttl_hours.is_some() || t.permanent
 }
 
-/// Parses `--since`: RFC 3339, epoch seconds, or a duration ago.
-pub fn parse_since(s: &str, now: f64) -> Result<f64> {
-    let t = s.trim();
-    if let Ok(v) = t.parse::<f64>()
-        && v.is_finite()
-    {
-        return Ok(v);
-    }
-    if let Ok(ts) = t.parse::<jiff::Timestamp>() {
-        return Ok(ts.as_millisecond() as f64 / 1000.0);
-    }
-    if let Ok(d) = humantime::parse_duration(t) {
-        return Ok(now - d.as_secs_f64());
-    }
-    bail!(
-        "invalid --since {s:?}: use an RFC 3339 time (2026-01-31T12:00:00Z), epoch seconds, or a duration ago (2h)"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

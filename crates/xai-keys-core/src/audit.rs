@@ -584,6 +584,26 @@ pub struct EventQuery {
     pub since: Option<f64>,
 }
 
+/// Parses a `since` bound for [`EventQuery`]: an RFC 3339 time, epoch seconds, or a duration
+/// ago (`2h`, relative to `now`). One parser for the CLI's `--since` and the HTTP `since=`.
+pub fn parse_since(input: &str, now: f64) -> Result<f64> {
+    let t = input.trim();
+    if let Ok(v) = t.parse::<f64>()
+        && v.is_finite()
+    {
+        return Ok(v);
+    }
+    if let Ok(ts) = t.parse::<jiff::Timestamp>() {
+        return Ok(ts.as_millisecond() as f64 / 1000.0);
+    }
+    if let Ok(d) = humantime::parse_duration(t) {
+        return Ok(now - d.as_secs_f64());
+    }
+    Err(Error::InvalidInput(format!(
+        "since {input:?}: use an RFC 3339 time (2026-01-31T12:00:00Z), epoch seconds, or a duration ago (2h)"
+    )))
+}
+
 /// The result of a tail read: events oldest first, and the log length they were read from.
 #[derive(Debug, Clone, Default)]
 pub struct EventPage {

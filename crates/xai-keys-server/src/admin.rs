@@ -648,7 +648,10 @@ pub async fn events(
     let now = st.now();
     let since = match q.get("since") {
         None => None,
-        Some(v) => Some(parse_since(v, now)?),
+        Some(v) => Some(
+            xai_keys_core::audit::parse_since(v, now)
+                .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?,
+        ),
     };
     let query = EventQuery {
         limit,
@@ -662,25 +665,6 @@ pub async fn events(
         Ok(success(StatusCode::OK, json!({ "events": page.events })))
     })
     .await
-}
-
-fn parse_since(v: &str, now: f64) -> Result<f64, ApiError> {
-    let t = v.trim();
-    if let Ok(x) = t.parse::<f64>()
-        && x.is_finite()
-    {
-        return Ok(x);
-    }
-    if let Ok(ts) = t.parse::<jiff::Timestamp>() {
-        return Ok(ts.as_millisecond() as f64 / 1000.0);
-    }
-    if let Ok(d) = humantime::parse_duration(t) {
-        return Ok(now - d.as_secs_f64());
-    }
-    Err(ApiError::bad_request(
-        "invalid_query",
-        format!("since {v:?}: use an RFC 3339 time, epoch seconds, or a duration ago such as 2h"),
-    ))
 }
 
 #[cfg(test)]

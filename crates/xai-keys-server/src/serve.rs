@@ -68,6 +68,9 @@ impl Gateway {
                 }
             })
         };
+        // Tells connections still waiting for their first byte that the gateway is stopping
+        // (they hold a graceful-shutdown watcher, which `shutdown()` waits for).
+        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
         tokio::pin!(shutdown);
         loop {
             // At the connection cap, stop accepting: new clients wait in the listen backlog.
@@ -99,15 +102,19 @@ impl Gateway {
                 });
             let builder = builder.clone();
             let watcher = graceful.watcher();
+            let mut stopping = stopping.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 // hyper's header timeout starts with the first byte, and protocol detection
                 // waits without one: a client that connects and sends nothing is closed after
                 // the header timeout too.
                 let mut probe = [0u8; 1];
-                match tokio::time::timeout(first_byte, stream.peek(&mut probe)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return,
+                tokio::select! {
+                    r = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => match r {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
+                    },
+                    _ = stopping.wait_for(|s| *s) => return,
                 }
                 let conn = builder.serve_connection_with_upgrades(
                     TokioIo::new(stream),
@@ -119,6 +126,7 @@ impl Gateway {
             });
         }
         drop(listener);
+        let _ = stopping_tx.send(true);
         tracing::info!("shutting down: draining in-flight requests");
         if tokio::time::timeout(st.cfg.shutdown_grace, graceful.shutdown())
             .await

@@ -11,8 +11,9 @@ use xai_keys_core::now_epoch;
 use xai_keys_core::store::{FileStore, KeyStore};
 
 use crate::args::{EventsArgs, WatchArgs};
-use crate::config::{Config, parse_interval, parse_since};
+use crate::config::{Config, parse_interval};
 use crate::output::{self, clean, fmt_ago, fmt_time};
+use xai_keys_core::audit::parse_since;
 
 /// The actions xai-keys writes (a legacy or gateway log may hold others).
 const KNOWN_ACTIONS: &[&str] = &[

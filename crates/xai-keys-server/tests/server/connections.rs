@@ -64,3 +64,18 @@ async fn the_connection_cap_makes_new_clients_wait_instead_of_exhausting_the_gat
         String::from_utf8_lossy(&resp)
     );
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_client_that_never_sent_a_byte() {
+    let h = NetHarness::start(|c| c.header_read_timeout = Duration::from_secs(30)).await;
+    let _silent = TcpStream::connect(h.gw.addr).await.unwrap();
+    // Let the gateway accept it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    h.gw.shutdown().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+}

@@ -375,9 +375,18 @@ pub async fn list_keys(State(st): State<AppState>) -> Result<Response, ApiError>
             }
             Err(e) => (st2.usage.snapshot(), Some(e.to_string())),
         };
+        let served = (!st2.index.health().is_ok()).then(|| st2.index.load_full());
         let mut store = Map::new();
         for k in &keys {
-            let j = listing_json_with_usage(k, usage.get(k.key_id.as_str()), now);
+            let mut j = listing_json_with_usage(k, usage.get(k.key_id.as_str()), now);
+            // While the store does not match its log the gateway enforces only restrictions:
+            // say, per key, whether it currently authenticates here.
+            if let (Some(idx), Some(o)) = (&served, j.as_object_mut()) {
+                o.insert(
+                    "accepted_by_gateway".into(),
+                    idx.get(&k.key_id).is_some().into(),
+                );
+            }
             store.insert(k.key_id.to_string(), j);
         }
         let mut warnings = warnings;

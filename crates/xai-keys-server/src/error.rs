@@ -121,7 +121,16 @@ impl From<CoreError> for ApiError {
             _ if matches!(e.class(), ErrorClass::Integrity | ErrorClass::Io) => "store_unavailable",
             _ => e.code(),
         };
-        let mut err = ApiError::new(status, code, e.to_string());
+        let message = match &e {
+            // The reference's message, without repeating what the caller put in the path: a
+            // secret pasted where its id belongs must not be echoed back.
+            CoreError::NotFound(_) => {
+                "API key not found: no key matches the id in the path; list ids with GET /admin/api-keys"
+                    .to_string()
+            }
+            _ => e.to_string(),
+        };
+        let mut err = ApiError::new(status, code, message);
         if matches!(e.class(), ErrorClass::Integrity | ErrorClass::Io) {
             tracing::error!(error = %e, code = e.code(), "store operation failed");
             err = err.with_retry_after(5).with_field("cause", e.code());

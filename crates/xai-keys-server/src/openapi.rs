@@ -77,7 +77,8 @@ pub fn document() -> Value {
             "last_used": {"type": ["number", "null"]},
             "use_count": {"type": "integer", "minimum": 0},
             "last_client": {"type": ["string", "null"]},
-            "last_route": {"type": ["string", "null"]}
+            "last_route": {"type": ["string", "null"]},
+            "accepted_by_gateway": {"type": "boolean", "description": "Only while the store does not match its audit log: whether this gateway currently accepts the key"}
         }
     });
     let issued = json!({

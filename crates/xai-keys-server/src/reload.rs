@@ -150,6 +150,11 @@ impl IndexHandle {
         self.current.load()
     }
 
+    /// The current index, owned (for work that outlives a request's guard).
+    pub fn load_full(&self) -> Arc<KeyIndex> {
+        self.current.load_full()
+    }
+
     pub fn health(&self) -> StoreHealth {
         relock(&self.health).clone()
     }

@@ -132,6 +132,20 @@ async fn an_out_of_band_edit_applies_removals_only() {
     h.send(get("/admin/api-keys").key(&forged_key))
         .await
         .denied(401, "unknown_key");
+    // The listing shows the edited file, and says per key what the gateway enforces.
+    let listed = h
+        .send(get("/admin/api-keys").admin(&h.keys.admin))
+        .await
+        .ok(200);
+    assert_eq!(
+        listed["store"][forged.key_id().as_str()]["accepted_by_gateway"],
+        false,
+        "{listed}"
+    );
+    assert_eq!(
+        listed["store"][h.keys.admin.id.as_str()]["accepted_by_gateway"],
+        true
+    );
     // …and neither does the widened scope (a re-scoped key is dropped, not trusted).
     let r = h.send(get("/admin/anything").key(&h.keys.operator)).await;
     assert!(

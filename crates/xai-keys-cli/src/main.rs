@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             // XAI_API_KEY_STORE is the usual cause of a surprising `not_found`).
             let about_keys = matches!(
                 code,
-                "not_found" | "ambiguous" | "duplicate" | "key_state" | "recently_used"
+                "not_found" | "ambiguous" | "duplicate" | "key_state" | "recently_used" | "retired"
             );
             if json_errors {
                 let mut v = serde_json::json!({ "error": code, "message": format!("{e:#}") });

@@ -68,6 +68,12 @@ pub enum Error {
     )]
     Duplicate(String),
 
+    /// A secret whose key was revoked (or rotated away) is offered again.
+    #[error(
+        "key {0} was revoked earlier (see `xai-keys events --key-id {0}`); a retired secret is never registered again: provision a new secret"
+    )]
+    Retired(String),
+
     /// `hint` names the way out (`; …`, or empty): see the constructors below.
     #[error("key {key_id} is {state}: {action} refused{hint}")]
     KeyState {
@@ -181,7 +187,8 @@ impl Error {
             Error::PermanentDisabled
             | Error::Duplicate(_)
             | Error::KeyState { .. }
-            | Error::RecentlyUsed { .. } => ErrorClass::Conflict,
+            | Error::RecentlyUsed { .. }
+            | Error::Retired(_) => ErrorClass::Conflict,
             Error::CorruptStore { .. }
             | Error::CorruptUsage { .. }
             | Error::CorruptLog { .. }
@@ -218,6 +225,7 @@ impl Error {
             Error::Backup { .. } => "backup_error",
             Error::CorruptUsage { .. } => "corrupt_usage",
             Error::RecentlyUsed { .. } => "recently_used",
+            Error::Retired(_) => "retired",
         }
     }
 

@@ -546,6 +546,20 @@ impl<'a> KeyManager<'a> {
             Origin::Bootstrap,
             now,
         )?;
+        // A secret whose key was revoked must not come back: the variable that carries it
+        // often stays in a deployment's environment (reference defect A, by this path). A key
+        // still present is fine (idempotent); one absent with history in the log is retired.
+        let present = self.store.load(now)?.keys.contains_key(&id);
+        if !present {
+            let history = self.store.events(&crate::audit::EventQuery {
+                limit: 1,
+                key_id: Some(id.to_string()),
+                ..Default::default()
+            })?;
+            if !history.events.is_empty() {
+                return Err(Error::Retired(id.to_string()));
+            }
+        }
         let mut existing: Option<KeyRecord> = None;
         self.commit(actor, now, &mut |keys: &mut KeyMap| {
             if let Some(r) = keys.get(&id) {

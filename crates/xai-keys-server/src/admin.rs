@@ -549,7 +549,8 @@ pub async fn rotate_key(
                 )));
             }
         };
-        let label = opt_string(&m, "label")?;
+        // An empty label is "not given" (inherit), as an empty scope is.
+        let label = opt_string(&m, "label")?.filter(|l| !l.trim().is_empty());
         if let Some(l) = &label {
             check_label(l)?;
         }
@@ -577,6 +578,7 @@ pub async fn rotate_key(
                     "label": r.label,
                     "expires_at": r.expires_at,
                     "permanent": r.permanent,
+                    "ttl_clamped": rot.new.clamped,
                     "old_key_id": rot.old_key_id.as_str(),
                     "old_expires_at": rot.old_expires_at,
                     "grace_seconds": grace_secs,

@@ -43,21 +43,13 @@ pub fn bootstrap(
     let mgr = KeyManager::new(store, ttl);
     let actor = Actor::System;
     if let Some(s) = secret {
-        let id = s.key_id();
-        // The variable usually stays in the unit's environment: a key revoked since must not
-        // come back on the next restart.
-        let present = store.load(now)?.keys.contains_key(&id);
-        if !present {
-            let history = store.events(&EventQuery {
-                limit: 1,
-                key_id: Some(id.to_string()),
-                ..Default::default()
-            })?;
-            if !history.events.is_empty() {
-                return Ok(Bootstrap::SecretRetired { key_id: id });
+        let b = match mgr.bootstrap_admin(&s, "bootstrap-admin", TtlRequest::Default, &actor, now) {
+            Ok(b) => b,
+            Err(xai_keys_core::Error::Retired(_)) => {
+                return Ok(Bootstrap::SecretRetired { key_id: s.key_id() });
             }
-        }
-        let b = mgr.bootstrap_admin(&s, "bootstrap-admin", TtlRequest::Default, &actor, now)?;
+            Err(e) => return Err(e),
+        };
         return Ok(Bootstrap::FromSecret {
             key_id: b.info.key_id,
             created: b.created,

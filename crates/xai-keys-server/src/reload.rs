@@ -66,8 +66,11 @@ fn integrity_name(i: &Integrity) -> &'static str {
     }
 }
 
-fn integrity_problem(i: &Integrity) -> Option<String> {
+fn integrity_problem(i: &Integrity, exists: bool) -> Option<String> {
     match i {
+        Integrity::Mismatch if !exists => Some(
+            "the store file is missing but its audit log records keys (deleted or moved?): every key is refused until it is back".into(),
+        ),
         Integrity::Recorded | Integrity::NoChainYet => None,
         Integrity::Mismatch => Some(
             "the store is not the state recorded by its audit log (edited outside xai-keys, or the log was truncated)".into(),
@@ -113,7 +116,7 @@ impl IndexHandle {
             location: store.location(),
             source: e,
         })?;
-        if let Some(problem) = integrity_problem(&snap.integrity) {
+        if let Some(problem) = integrity_problem(&snap.integrity, snap.exists) {
             return Err(StartError::Untrusted {
                 location: store.location(),
                 problem,
@@ -182,16 +185,18 @@ impl IndexHandle {
 
     fn fail(&self, problem: &str) {
         let mut h = relock(&self.health);
-        if h.status != "unreadable" || h.problem.as_deref() != Some(problem) {
+        let reported = format!(
+            "{problem}; serving the last good index, changes refused until the store is readable"
+        );
+        // Logged when the problem starts or changes, not at every poll.
+        if h.status != "unreadable" || h.problem.as_deref() != Some(reported.as_str()) {
             tracing::error!(
                 problem,
                 "key store unreadable; serving the last good index and refusing changes"
             );
         }
         h.status = "unreadable";
-        h.problem = Some(format!(
-            "{problem}; serving the last good index, changes refused until the store is readable"
-        ));
+        h.problem = Some(reported);
         h.failed_reloads += 1;
     }
 
@@ -215,7 +220,7 @@ impl IndexHandle {
         };
         st.version = version;
         st.completed = n;
-        let problem = integrity_problem(&snap.integrity);
+        let problem = integrity_problem(&snap.integrity, snap.exists);
         let idx = match &problem {
             None => {
                 let idx = Arc::new(KeyIndex::from_keys(&snap.keys));

@@ -46,8 +46,13 @@ impl AppState {
     /// Writes unflushed last-use data beside the store (blocking I/O).
     pub fn flush_usage(&self) {
         let idx = self.index.load();
-        let live =
-            |id: &str| xai_keys_core::token::KeyId::parse(id).is_ok_and(|k| idx.get(&k).is_some());
+        // Entries of revoked keys are dropped only while the index is the store's recorded
+        // state: an empty or restricted index (store missing, degraded) must not wipe the
+        // history of keys that are merely not served right now.
+        let trusted = self.index.health().is_ok();
+        let live = |id: &str| {
+            !trusted || xai_keys_core::token::KeyId::parse(id).is_ok_and(|k| idx.get(&k).is_some())
+        };
         if let Err(e) = self.usage.flush(self.store.as_ref(), &live, self.now()) {
             self.metrics.usage_flush_failed();
             tracing::warn!(error = %e, "could not write last-use data; kept for the next flush");

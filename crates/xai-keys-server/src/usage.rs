@@ -25,6 +25,11 @@ struct Local {
 #[derive(Debug, Default)]
 pub struct UsageTracker {
     pending: Mutex<HashMap<KeyId, Local>>,
+    /// The batch a flush is writing: still part of [`UsageTracker::snapshot`] until the file
+    /// has it, so an idle check never misses a use that is on its way to disk.
+    inflight: Mutex<UsageMap>,
+    /// One flush at a time (the periodic one and the final one at shutdown).
+    flushing: Mutex<()>,
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -71,10 +76,13 @@ impl UsageTracker {
 
     /// The unflushed usage, without taking it.
     pub fn snapshot(&self) -> UsageMap {
-        relock(&self.pending)
+        let pending = relock(&self.pending);
+        let mut out: UsageMap = pending
             .iter()
             .map(|(k, l)| (k.to_string(), to_core(l)))
-            .collect()
+            .collect();
+        xai_keys_core::usage::merge(&mut out, &relock(&self.inflight));
+        out
     }
 
     /// Number of keys with unflushed usage.
@@ -90,20 +98,30 @@ impl UsageTracker {
         live: &dyn Fn(&str) -> bool,
         now: f64,
     ) -> xai_keys_core::error::Result<usize> {
-        let taken: HashMap<KeyId, Local> = std::mem::take(&mut *relock(&self.pending));
+        let _one = relock(&self.flushing);
+        let (taken, deltas) = {
+            let mut pending = relock(&self.pending);
+            let taken: HashMap<KeyId, Local> = std::mem::take(&mut *pending);
+            let deltas: UsageMap = taken
+                .iter()
+                .map(|(k, l)| (k.to_string(), to_core(l)))
+                .collect();
+            // Moved to `inflight` under the `pending` lock: a snapshot sees them in one or
+            // the other, never in neither.
+            relock(&self.inflight).clone_from(&deltas);
+            (taken, deltas)
+        };
         if taken.is_empty() {
             return Ok(0);
         }
-        let deltas: UsageMap = taken
-            .iter()
-            .map(|(k, l)| (k.to_string(), to_core(l)))
-            .collect();
-        match store.record_usage(&deltas, live, now) {
+        let written = store.record_usage(&deltas, live, now);
+        let mut pending = relock(&self.pending);
+        relock(&self.inflight).clear();
+        match written {
             Ok(()) => Ok(taken.len()),
             Err(e) => {
-                let mut m = relock(&self.pending);
                 for (k, old) in taken {
-                    match m.get_mut(&k) {
+                    match pending.get_mut(&k) {
                         Some(newer) => {
                             newer.count += old.count;
                             if old.last_used > newer.last_used {
@@ -113,7 +131,7 @@ impl UsageTracker {
                             }
                         }
                         None => {
-                            m.insert(k, old);
+                            pending.insert(k, old);
                         }
                     }
                 }

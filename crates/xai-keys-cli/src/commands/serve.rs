@@ -15,9 +15,14 @@ use crate::config::Config;
 /// Default listen address: loopback, so a gateway is never exposed by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("XAI_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logging(format: LogFormat) -> Result<()> {
+    let filter = match std::env::var("XAI_LOG") {
+        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(v.trim())
+            .with_context(|| {
+                format!("XAI_LOG={v:?} is not a log filter: use a level (warn, info, debug) or directives such as xai_keys=debug")
+            })?,
+        _ => tracing_subscriber::EnvFilter::new("info"),
+    };
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -26,6 +31,7 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => b.json().flatten_event(true).try_init(),
         LogFormat::Text => b.try_init(),
     };
+    Ok(())
 }
 
 pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
@@ -55,7 +61,7 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
     let listen_addr: std::net::SocketAddr = listen.trim().parse().with_context(|| {
         format!("invalid --listen / XAI_LISTEN {listen:?}: use IP:PORT such as 127.0.0.1:8080 or [::]:8080")
     })?;
-    init_logging(a.log_format);
+    init_logging(a.log_format)?;
     // Bind before bootstrapping: an address in use must not cost a first admin key that is
     // printed for a start that then fails (and is never offered again on that store).
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -130,6 +136,21 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
         "starting gateway"
     );
     let gateway = Gateway::start(scfg, store, xai_keys_server::system_clock())?;
+    {
+        let st = gateway.state();
+        let idx = st.index.load();
+        let now = st.now();
+        let admins = idx
+            .entries()
+            .filter(|e| e.scope == xai_keys_core::Scope::Admin)
+            .filter(|e| e.state(now) == xai_keys_core::record::KeyState::Active)
+            .count();
+        if admins == 0 {
+            tracing::warn!(
+                "no active admin key in the store: nobody can use the admin API. Issue one with `xai-keys issue --scope admin` or `xai-keys bootstrap-admin`"
+            );
+        }
+    }
     rt.block_on(async move {
         let local = listener.local_addr().context("listener address")?;
         tracing::info!(addr = %local, "listening");

@@ -1878,3 +1878,34 @@ fn the_default_store_is_announced_and_not_created_by_reads() {
     );
     assert!(!dir.path().join("secure_keys").exists());
 }
+
+/// A revoked bootstrap key must not come back when the same secret is offered again (from a
+/// deploy script, or the variable left in the environment).
+#[test]
+fn bootstrap_admin_refuses_a_secret_whose_key_was_revoked() {
+    let env = Env::new();
+    let secret = "pre-provisioned-bootstrap-secret-0123456789";
+    let id = sha256_hex(secret.as_bytes());
+    let args = ["bootstrap-admin", "--secret-stdin"];
+    let out = run(&env, &args, &[], Some(&format!("{secret}\n")));
+    assert_eq!(ok_json(&out, &args)["created"], true);
+    env.ok(&["revoke", &id]);
+    let before = files(&env);
+    for (stdin, vars) in [
+        (Some(format!("{secret}\n")), vec![]),
+        (None, vec![("XAI_BOOTSTRAP_ADMIN_KEY", secret)]),
+    ] {
+        let a: &[&str] = if stdin.is_some() {
+            &args
+        } else {
+            &["bootstrap-admin"]
+        };
+        let out = run(&env, a, &vars, stdin.as_deref());
+        assert_exit(&out, 1, a);
+        let v = error_json(&stderr_of(&out));
+        assert_eq!(v["error"], "retired", "{v}");
+        assert!(!stderr_of(&out).contains(secret));
+    }
+    assert_eq!(files(&env), before, "nothing written");
+    assert!(env.ok(&["list"]).get(&id).is_none());
+}

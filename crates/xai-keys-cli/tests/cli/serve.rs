@@ -442,6 +442,11 @@ fn configuration_errors_fail_fast_with_exit_1_naming_the_problem() {
             &[("XAI_STORE_POLL_MS", "0")],
             &["XAI_STORE_POLL_MS", "\"0\""],
         ),
+        (
+            &[],
+            &[("XAI_LOG", "xai_keys=verbose")],
+            &["XAI_LOG", "not a log filter"],
+        ),
     ];
     for (args, vars, expect) in cases {
         // A brand-new store each time: a refused start must not bootstrap or write anything.

@@ -96,10 +96,16 @@ async fn listing_computes_expiry_at_request_time() {
 async fn rotate_without_grace_replaces_the_key_at_once() {
     let h = Harness::new();
     let old = h.keys.user.clone();
+    // An empty label is "not given" (inherited); a lifetime over the maximum is clamped and said so.
     let r = h
-        .send(post(&format!("/admin/api-keys/{}/rotate", old.id)).admin(&h.keys.admin))
+        .send(
+            post(&format!("/admin/api-keys/{}/rotate", old.id))
+                .admin(&h.keys.admin)
+                .json(&json!({"label": "", "expires_in_days": 100000})),
+        )
         .await;
     let v = r.ok(201);
+    assert_eq!(v["ttl_clamped"], true, "{v}");
     assert_eq!(v["old_key_id"].as_str(), Some(old.id.as_str()));
     assert_eq!(v["grace_seconds"].as_f64(), Some(0.0));
     assert_eq!(v["scope"], "user", "scope is inherited");

@@ -328,3 +328,73 @@ async fn rate_limits_can_be_turned_off() {
         .await
         .passed_to_upstream();
 }
+
+/// A use on its way to disk (the flush is writing) still counts for `?if_idle=`: it is in
+/// neither the pending map nor the file at that moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_being_flushed_still_guards_revoke_if_idle() {
+    let h = Harness::new();
+    let u = h.keys.user.clone();
+    h.send(post("/send").key(&u)).await.passed_to_upstream();
+    // Hold the usage lock, as another gateway's flush would: our flush waits inside the write.
+    let lock_path = {
+        let mut p = h.store.usage_path().as_os_str().to_owned();
+        p.push(".lock");
+        std::path::PathBuf::from(p)
+    };
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    lock.lock().unwrap();
+    let st = h.gateway.state();
+    let flush = tokio::task::spawn_blocking(move || st.flush_usage());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!flush.is_finished(), "the flush waits for the lock");
+    let r = h
+        .send(delete(&format!("/admin/api-keys/{}?if_idle=15m", u.id)).admin(&h.keys.admin))
+        .await;
+    assert_eq!(r.status.as_u16(), 409, "{}", r.text());
+    assert_eq!(r.code(), "recently_used");
+    lock.unlock().unwrap();
+    flush.await.unwrap();
+    assert_eq!(h.store.usage().unwrap()[&u.id].count, 1);
+}
+
+/// While the index is not the store's recorded state (here: the store file moved away), a flush
+/// must not drop the history of keys that are only not served right now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_while_the_store_is_missing_keeps_every_key_history() {
+    let h = Harness::new();
+    let u = h.keys.user.clone();
+    h.send(post("/send").key(&u)).await.passed_to_upstream();
+    let st = h.gateway.state();
+    let flush =
+        |st: xai_keys_server::AppState| tokio::task::spawn_blocking(move || st.flush_usage());
+    flush(st.clone()).await.unwrap();
+    assert_eq!(h.store.usage().unwrap()[&u.id].count, 1);
+    // One more use, then the store goes away before the next flush.
+    h.send(post("/send").key(&h.keys.admin))
+        .await
+        .passed_to_upstream();
+    let aside = h.dir.path().join("aside.json");
+    std::fs::rename(&h.path, &aside).unwrap();
+    let started = std::time::Instant::now();
+    while h.gateway.state().index.health().is_ok() {
+        assert!(
+            started.elapsed() < WAIT,
+            "the gateway noticed the missing store"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    flush(st.clone()).await.unwrap();
+    let usage = h.store.usage().unwrap();
+    assert_eq!(usage[&u.id].count, 1, "history kept: {usage:?}");
+    assert_eq!(
+        usage[&h.keys.admin.id].count, 1,
+        "new use written: {usage:?}"
+    );
+    std::fs::rename(&aside, &h.path).unwrap();
+}

@@ -362,8 +362,10 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
             *req.uri_mut() = u;
         }
     }
+    // Only the access log needs it: no allocation per request when it is off.
     let fingerprint = principal
         .as_ref()
+        .filter(|_| st.cfg.access_log)
         .map(|p| p.key_id.fingerprint().to_string());
     req.extensions_mut().insert(RequestContext {
         client,

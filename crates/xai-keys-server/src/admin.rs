@@ -598,6 +598,17 @@ async fn set_disabled(
     key_id: String,
     disabled: bool,
 ) -> Result<Response, ApiError> {
+    let r = set_disabled_inner(st.clone(), ctx, key_id, disabled).await;
+    record(&st, if disabled { "disable" } else { "enable" }, &r);
+    r
+}
+
+async fn set_disabled_inner(
+    st: AppState,
+    ctx: RequestContext,
+    key_id: String,
+    disabled: bool,
+) -> Result<Response, ApiError> {
     let key_id = key_id_param(&key_id)?;
     writable(&st)?;
     let st2 = st.clone();
@@ -624,9 +635,7 @@ pub async fn disable_key(
     Extension(ctx): Extension<RequestContext>,
     Path(key_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let r = set_disabled(st.clone(), ctx, key_id, true).await;
-    record(&st, "disable", &r);
-    r
+    set_disabled(st, ctx, key_id, true).await
 }
 
 pub async fn enable_key(
@@ -634,9 +643,7 @@ pub async fn enable_key(
     Extension(ctx): Extension<RequestContext>,
     Path(key_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let r = set_disabled(st.clone(), ctx, key_id, false).await;
-    record(&st, "enable", &r);
-    r
+    set_disabled(st, ctx, key_id, false).await
 }
 
 pub async fn events(

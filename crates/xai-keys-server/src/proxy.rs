@@ -104,8 +104,8 @@ impl Upstream {
         format!("{}{}", self.scheme_authority, self.prefix)
     }
 
-    /// Forwards `req` (whose credentials were already checked). `query` is the query to send
-    /// (the original without `api_key`).
+    /// Forwards `req` (whose credentials were already checked). `query` replaces the request's
+    /// query when given (the original with its `api_key` removed).
     pub async fn forward(
         &self,
         req: Request<Body>,
@@ -137,7 +137,7 @@ impl Upstream {
         target.push_str(&self.scheme_authority);
         target.push_str(&self.prefix);
         target.push_str(parts.uri.path());
-        if let Some(q) = query.filter(|q| !q.is_empty()) {
+        if let Some(q) = query.or(parts.uri.query()).filter(|q| !q.is_empty()) {
             target.push('?');
             target.push_str(q);
         }

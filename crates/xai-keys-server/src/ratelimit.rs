@@ -13,7 +13,7 @@ use std::sync::Mutex;
 /// Largest number of tracked clients per limiter.
 pub const MAX_TRACKED: usize = 100_000;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limit {
     pub max: u32,
     pub window_secs: f64,
@@ -24,12 +24,6 @@ pub struct Limit {
 pub struct Exceeded {
     pub retry_after: u64,
     pub limit: Limit,
-}
-
-impl PartialEq for Limit {
-    fn eq(&self, o: &Self) -> bool {
-        self.max == o.max && self.window_secs == o.window_secs
-    }
 }
 
 #[derive(Debug)]
@@ -121,10 +115,6 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
                 limit: self.limit,
             }
         })
-    }
-
-    pub fn tracked(&self) -> usize {
-        self.lock().map.len()
     }
 }
 

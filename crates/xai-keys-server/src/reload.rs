@@ -96,8 +96,6 @@ pub struct IndexHandle {
     health: Mutex<StoreHealth>,
     state: Mutex<ReloadState>,
     started: AtomicU64,
-    /// Bumped on every swap (metrics, tests).
-    pub generation: AtomicU64,
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,7 +142,6 @@ impl IndexHandle {
                 completed: 0,
             }),
             started: AtomicU64::new(0),
-            generation: AtomicU64::new(1),
         })
     }
 
@@ -237,7 +234,6 @@ impl IndexHandle {
         };
         let keys = idx.len();
         self.current.store(idx);
-        self.generation.fetch_add(1, Ordering::SeqCst);
         let mut h = relock(&self.health);
         let was = h.status;
         match problem {

@@ -33,8 +33,7 @@ pub struct RequestContext {
     pub client: IpAddr,
     pub principal: Option<Principal>,
     pub route: Arc<str>,
-    pub access: Access,
-    /// The query to forward (without `api_key`).
+    /// The query to forward when it differs from the request's (an `api_key` removed).
     pub forward_query: Option<String>,
     /// The path is in the gateway's own namespace (never forwarded to the node).
     pub own: bool,
@@ -273,8 +272,7 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         .into_response();
     }
 
-    let query = req.uri().query().map(str::to_string);
-    let creds = match credentials::extract(req.headers(), query.as_deref(), st.cfg.allow_query_key)
+    let creds = match credentials::extract(req.headers(), req.uri().query(), st.cfg.allow_query_key)
     {
         Ok(c) => c,
         Err(e) => {
@@ -351,10 +349,10 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         st.usage.record(&p.key_id, now, client, &route.template);
     }
 
-    let forward_query = query.as_deref().map(strip_api_key);
+    let forward_query = req.uri().query().and_then(strip_api_key);
     if own && req.uri().path() != norm {
         // Route the gateway's own endpoints on the normalised path.
-        let pq = match &query {
+        let pq = match req.uri().query() {
             Some(q) => format!("{norm}?{q}"),
             None => norm.clone(),
         };
@@ -371,7 +369,6 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         client,
         principal,
         route: route.template.clone(),
-        access: route.access,
         forward_query,
         own,
     });

@@ -85,11 +85,6 @@ impl UsageTracker {
         out
     }
 
-    /// Number of keys with unflushed usage.
-    pub fn pending_keys(&self) -> usize {
-        relock(&self.pending).len()
-    }
-
     /// Writes the unflushed usage to the store's sidecar. On failure the usage is kept and
     /// merged with what arrives meanwhile.
     pub fn flush(

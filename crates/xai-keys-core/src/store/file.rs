@@ -722,20 +722,20 @@ impl FileStore {
     /// One read of the store checked against the log. `locked`: the caller holds the writers'
     /// lock (no commit is in flight; an interrupted one is completed here, not by taking the
     /// lock again).
-    fn load_checked(&self, now: f64, locked: bool) -> Result<Snapshot> {
-        let mut warnings = Vec::new();
-        // The writers' checks, directory included, before anything is read or rolled forward:
-        // in a directory others can write to, the files (and `.pending`) may be theirs.
-        check_all(&[&self.dir, &self.store, &self.log], &mut warnings)?;
-        if !locked {
-            self.recover_if_pending(now, &mut warnings);
-        }
-        // The in-process writers' mutex before the log's head: a commit of this process holds
-        // it from its log append to its rename, so the head and the store read below are of
-        // the same commit.
-        let mut cache = self.cache();
+    /// One read of the store checked against the log, under the in-process writers' mutex
+    /// (`cache`): a commit of this process holds it from its log append to its rename, so the
+    /// head and the store read here are of the same commit. `locked`: the caller also holds
+    /// the writers' file lock (taken after the mutex, the writers' order), so no commit is in
+    /// flight; an interrupted one is completed here rather than by taking the lock again.
+    fn load_checked(
+        &self,
+        cache: &mut Option<Cached>,
+        now: f64,
+        locked: bool,
+        mut warnings: Vec<String>,
+    ) -> Result<Snapshot> {
         if locked && self.pending.exists() {
-            match self.recover(&mut cache, now, Mode::Reader) {
+            match self.recover(cache, now, Mode::Reader) {
                 Ok(r) => warnings.extend(r.notes),
                 Err(e) => warnings.push(format!("could not complete an interrupted change: {e}")),
             }
@@ -751,7 +751,7 @@ impl FileStore {
         {
             *cache = None;
         }
-        let cur = self.read_current(&mut cache, now, None)?;
+        let cur = self.read_current(cache, now, None)?;
         let exists = cur.stamp.is_some();
         Self::hydration_warnings(&cur.keys, &mut warnings);
         let integrity = match &head {
@@ -825,16 +825,23 @@ impl KeyStore for FileStore {
     }
 
     fn load(&self, now: f64) -> Result<Snapshot> {
-        let snap = self.load_checked(now, false)?;
+        let mut warnings = Vec::new();
+        // The writers' checks, directory included, before anything is read or rolled forward:
+        // in a directory others can write to, the files (and `.pending`) may be theirs.
+        check_all(&[&self.dir, &self.store, &self.log], &mut warnings)?;
+        self.recover_if_pending(now, &mut warnings);
+        let snap = self.load_checked(&mut self.cache(), now, false, warnings.clone())?;
         if !matches!(snap.integrity, Integrity::Mismatch | Integrity::Erased) {
             return Ok(snap);
         }
         // Another process may be between a commit's log append (its commit point) and its
         // rename: the log already records a store that is not in place yet. Such a commit holds
         // the writers' lock until it is complete, so look again under that lock before
-        // reporting the store as changed outside xai-keys.
+        // reporting the store as changed outside xai-keys. Mutex first, then the file lock:
+        // the order every writer takes them in.
+        let mut cache = self.cache();
         match self.lock_file() {
-            Ok(_lock) => self.load_checked(now, true),
+            Ok(_lock) => self.load_checked(&mut cache, now, true, warnings),
             Err(_) => Ok(snap),
         }
     }
@@ -1287,23 +1294,35 @@ mod tests {
     }
 
     /// Loads running while commits land (same store object, and a second object standing for
-    /// another process) always see a store that matches its log: never a spurious mismatch.
+    /// another process, each with its own writer) always see a store that matches its log:
+    /// never a spurious mismatch, and the re-check under the lock never deadlocks with a
+    /// writer of its own object (a writer waiting out the lock timeout fails this test).
     #[test]
     fn loads_during_commits_never_report_a_mismatch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.json");
-        let store = fast(&path);
-        let other = fast(&path);
+        let opts = || FileStoreOptions {
+            durability: Durability::UnsafeNoSync,
+            lock_timeout: std::time::Duration::from_secs(5),
+            ..FileStoreOptions::default()
+        };
+        let store = FileStore::new(&path, opts()).unwrap();
+        let other = FileStore::new(&path, opts()).unwrap();
         let m = KeyManager::new(&store, TtlPolicy::default());
+        let m2 = KeyManager::new(&other, TtlPolicy::default());
         issue(&m, 1.0);
         let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
-            let writer = s.spawn(|| {
-                for i in 0..150 {
-                    issue(&m, 2.0 + f64::from(i));
-                }
-                stop.store(true, Ordering::SeqCst);
-            });
+            let writers: Vec<_> = [&m, &m2]
+                .into_iter()
+                .map(|m| {
+                    s.spawn(move || {
+                        for i in 0..100 {
+                            issue(m, 2.0 + f64::from(i));
+                        }
+                    })
+                })
+                .collect();
             for reader in [&store, &other] {
                 let stop = &stop;
                 s.spawn(move || {
@@ -1319,7 +1338,10 @@ mod tests {
                     }
                 });
             }
-            writer.join().unwrap();
+            // Readers stop once the writers are done, also when one failed.
+            let joined: Vec<_> = writers.into_iter().map(|w| w.join()).collect();
+            stop.store(true, Ordering::SeqCst);
+            assert!(joined.iter().all(Result::is_ok), "a writer failed");
         });
     }
 

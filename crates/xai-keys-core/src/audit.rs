@@ -730,6 +730,11 @@ impl LogFollower {
         self.offset
     }
 
+    /// The identity (device, inode) of the file last read, to persist with [`Self::offset`].
+    pub fn file_id(&self) -> Option<(u64, u64)> {
+        self.file_id
+    }
+
     /// Returns complete lines appended since the last poll.
     pub fn poll(&mut self) -> Result<FollowBatch> {
         use std::os::unix::fs::MetadataExt;
@@ -764,8 +769,14 @@ impl LogFollower {
             .map_err(|e| Error::io("seek audit log", &self.path, e))?;
         let mut r = BufReader::with_capacity(1 << 16, f.take(meta.len() - self.offset));
         let mut consumed = 0u64;
+        // Lines of a commit whose last line has not arrived yet (`tx_continues`): returned
+        // with that last line, or re-read at the next poll. A commit cut short is removed by
+        // the store's recovery, so its lines must never be reported (and the offset never
+        // passes them, so that removal cannot look like a truncation).
+        let mut open_tx: Vec<AuditEvent> = Vec::new();
+        let mut committed = 0u64;
         let mut line = Vec::new();
-        while consumed < POLL_BUDGET {
+        while consumed < POLL_BUDGET || !open_tx.is_empty() {
             let bl = read_line_bounded(&mut r, &mut line, MAX_LINE_BYTES)
                 .map_err(|e| Error::io("read audit log", &self.path, e))?;
             if !bl.complete {
@@ -775,17 +786,32 @@ impl LogFollower {
             consumed += bl.consumed;
             if bl.oversized {
                 batch.skipped.push(pos);
+                batch.events.append(&mut open_tx);
+                committed = consumed;
                 continue;
             }
             let body = &line[..line.len() - 1];
             if !body.iter().all(u8::is_ascii_whitespace) {
                 match serde_json::from_slice::<AuditEvent>(body) {
-                    Ok(obj) => batch.events.push(obj),
-                    Err(_) => batch.skipped.push(pos),
+                    Ok(obj) if continues(&obj) => {
+                        open_tx.push(obj);
+                        continue;
+                    }
+                    Ok(obj) => {
+                        batch.events.append(&mut open_tx);
+                        batch.events.push(obj);
+                    }
+                    Err(_) => {
+                        batch.skipped.push(pos);
+                        batch.events.append(&mut open_tx);
+                    }
                 }
             }
+            if open_tx.is_empty() {
+                committed = consumed;
+            }
         }
-        self.offset += consumed;
+        self.offset += committed;
         Ok(batch)
     }
 }

@@ -222,6 +222,7 @@ pub(crate) fn restore_file_store(
     now: f64,
 ) -> Result<RestoreReport> {
     let (manifest, backup_keys, backup_log) = read_backup(from, now)?;
+    let window = crate::window::current(fs_store, now)?;
     let mut report = None;
     fs_store.commit_replacement(actor, now, &backup_log, &mut |live_log: &[u8]| {
         let mut keys = backup_keys.clone();
@@ -314,7 +315,7 @@ pub(crate) fn restore_file_store(
             .filter(|k| !keys.contains_key(*k))
             .map(ToString::to_string)
             .collect();
-        let draft = AuditDraft::new("restore", None)
+        let mut draft = AuditDraft::new("restore", None)
             .with("backup", from.display().to_string())
             .with("backup_created", manifest.created)
             .with("backup_store_sha256", manifest.store_sha256.clone())
@@ -322,6 +323,9 @@ pub(crate) fn restore_file_store(
             .with("revoked_since_backup", revoked.clone())
             .with("restricted_since_backup", restricted.clone())
             .with("dropped_keys", dropped.clone());
+        if let Some(w) = window.as_ref() {
+            draft = draft.with("change_window", w.ticket.clone());
+        }
         report = Some(RestoreReport {
             restored_keys: keys.len(),
             revoked_since_backup: revoked,

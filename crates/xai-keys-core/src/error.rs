@@ -169,6 +169,20 @@ pub enum Error {
         last_client: String,
         last_route: String,
     },
+
+    /// A change window is open already.
+    #[error(
+        "change window {ticket:?} is open, ending {until}: close it first (`xai-keys window close`) or wait for it to end",
+        until = fmt_epoch_utc(*expires_at)
+    )]
+    WindowOpen { ticket: String, expires_at: f64 },
+
+    /// The change-window record cannot be read.
+    #[error(
+        "change window file {path} is corrupt: {problem}. Remove it (`rm {path}`) to treat the window as closed, then open a new one if a change is planned",
+        path = path.display()
+    )]
+    CorruptWindow { path: PathBuf, problem: String },
 }
 
 impl Error {
@@ -188,9 +202,11 @@ impl Error {
             | Error::Duplicate(_)
             | Error::KeyState { .. }
             | Error::RecentlyUsed { .. }
-            | Error::Retired(_) => ErrorClass::Conflict,
+            | Error::Retired(_)
+            | Error::WindowOpen { .. } => ErrorClass::Conflict,
             Error::CorruptStore { .. }
             | Error::CorruptUsage { .. }
+            | Error::CorruptWindow { .. }
             | Error::CorruptLog { .. }
             | Error::StoreMismatch { .. }
             | Error::InsecurePermissions { .. }
@@ -226,6 +242,8 @@ impl Error {
             Error::CorruptUsage { .. } => "corrupt_usage",
             Error::RecentlyUsed { .. } => "recently_used",
             Error::Retired(_) => "retired",
+            Error::WindowOpen { .. } => "window_open",
+            Error::CorruptWindow { .. } => "corrupt_window",
         }
     }
 
@@ -265,6 +283,8 @@ pub enum TextField {
     Label,
     /// The reason recorded with a revocation.
     Reason,
+    /// A change window's ticket.
+    Ticket,
 }
 
 impl TextField {
@@ -272,6 +292,7 @@ impl TextField {
         match self {
             TextField::Label => "label",
             TextField::Reason => "reason",
+            TextField::Ticket => "ticket",
         }
     }
 
@@ -280,6 +301,7 @@ impl TextField {
         match self {
             TextField::Label => "invalid_label",
             TextField::Reason => "invalid_reason",
+            TextField::Ticket => "invalid_ticket",
         }
     }
 }

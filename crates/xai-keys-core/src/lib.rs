@@ -7,6 +7,7 @@
 pub mod audit;
 mod backup;
 pub mod error;
+pub mod events;
 pub mod ops;
 pub mod policy;
 pub mod record;
@@ -14,6 +15,7 @@ pub mod scope;
 pub mod store;
 pub mod token;
 pub mod usage;
+pub mod window;
 
 pub use error::{Error, ErrorClass, Result, TextField};
 pub use scope::Scope;

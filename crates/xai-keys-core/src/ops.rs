@@ -104,6 +104,7 @@ pub fn check_text(field: TextField, text: &str) -> Result<String> {
     let hint = match field {
         TextField::Label => "",
         TextField::Reason => "; give a short single-line reason such as a ticket id",
+        TextField::Ticket => "; give the change ticket id, such as CHG-123",
     };
     if t.chars().count() > MAX_LABEL_CHARS {
         return Err(Error::InvalidText {
@@ -208,8 +209,21 @@ impl<'a> KeyManager<'a> {
     }
 
     /// Commits through the store, keeping its warnings for [`KeyManager::take_warnings`].
+    ///
+    /// Lines written while a change window is open carry its ticket as `change_window`
+    /// ([`crate::window`]), so that readers of the log can tell planned changes from others.
     fn commit(&self, actor: &Actor, now: f64, change: &mut crate::store::Change<'_>) -> Result<()> {
-        let info = self.store.commit(actor, now, change)?;
+        let ticket = crate::window::current(self.store, now)?.map(|w| w.ticket);
+        let info = self.store.commit(actor, now, &mut |keys: &mut KeyMap| {
+            let drafts = change(keys)?;
+            Ok(match &ticket {
+                Some(t) => drafts
+                    .into_iter()
+                    .map(|d| d.with("change_window", t.clone()))
+                    .collect(),
+                None => drafts,
+            })
+        })?;
         if !info.warnings.is_empty() {
             match self.warnings.lock() {
                 Ok(mut g) => g.extend(info.warnings),

@@ -222,7 +222,7 @@ fn temp_prefix(file: &Path) -> Option<String> {
 }
 
 /// A fresh temporary name beside `file` (created with `O_EXCL`, so a collision fails safely).
-fn temp_path(file: &Path) -> Result<PathBuf> {
+pub(crate) fn temp_path(file: &Path) -> Result<PathBuf> {
     let mut r = [0u8; 8];
     getrandom::fill(&mut r).map_err(|e| Error::Random(e.to_string()))?;
     let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();

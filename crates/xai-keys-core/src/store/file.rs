@@ -1,6 +1,6 @@
 //! The local JSON file backend: `<store>`, `<store>.log`, `<store>.lock`, `<store>.pending`,
 //! and the last-use statistics `<store>.usage` with their own lock `<store>.usage.lock`
-//! ([`crate::usage`]).
+//! ([`crate::usage`]), and the change window `<store>.window` ([`crate::window`]).
 //!
 //! Commit protocol (documented in `docs/ARCHITECTURE.md`), all under an exclusive `flock` on
 //! `<store>.lock` plus an in-process mutex:
@@ -199,6 +199,7 @@ pub struct FileStore {
     pending: PathBuf,
     usage: PathBuf,
     usage_lock: PathBuf,
+    window: PathBuf,
     dir: PathBuf,
     opts: FileStoreOptions,
     /// In-process serialisation of writers, and the last parse of the store.
@@ -238,6 +239,7 @@ impl FileStore {
             pending: sibling(&store, ".pending"),
             usage: sibling(&store, ".usage"),
             usage_lock: sibling(&store, ".usage.lock"),
+            window: sibling(&store, ".window"),
             store,
             dir,
             opts,
@@ -252,6 +254,11 @@ impl FileStore {
 
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// `<store>.window`: the change window ([`crate::window`]).
+    pub fn window_path(&self) -> &Path {
+        &self.window
     }
 
     /// `<store>.usage`: the last-use statistics ([`crate::usage`]).
@@ -1096,6 +1103,89 @@ impl KeyStore for FileStore {
             live,
             now,
         )
+    }
+
+    fn log_follower(&self, from: Option<(u64, Option<(u64, u64)>)>) -> Result<audit::LogFollower> {
+        let (offset, file_id) = match from {
+            Some(p) => p,
+            None => {
+                let page = audit::read_events(
+                    &self.log,
+                    &EventQuery {
+                        limit: 1,
+                        ..Default::default()
+                    },
+                )?;
+                (page.end_offset, page.file_id)
+            }
+        };
+        Ok(audit::LogFollower::new(&self.log, offset, file_id))
+    }
+
+    fn change_window(&self) -> Result<Option<crate::window::ChangeWindow>> {
+        check_all(&[&self.dir, &self.window], &mut Vec::new())?;
+        let Some(bytes) = fsutil::read_optional(&self.window)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::CorruptWindow {
+                path: self.window.clone(),
+                problem: e.to_string(),
+            })
+    }
+
+    /// The audit line is the record; the window file is what readers consult. A close removes
+    /// the file before its line is written and an open writes it after, so a crash in between
+    /// can only leave the window closed, never open without its `window_open` line.
+    fn set_change_window(
+        &self,
+        actor: &Actor,
+        now: f64,
+        window: Option<&crate::window::ChangeWindow>,
+        draft: AuditDraft,
+    ) -> Result<CommitInfo> {
+        check_all(&[&self.dir, &self.window], &mut Vec::new())?;
+        if window.is_none() {
+            match fs::remove_file(&self.window) {
+                Ok(()) => {
+                    if self.sync() {
+                        fsutil::sync_dir(&self.dir)?;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove change window file", &self.window, e)),
+            }
+        }
+        let mut draft = Some(draft);
+        let info = self.commit(actor, now, &mut |_keys: &mut KeyMap| {
+            Ok(draft.take().into_iter().collect())
+        })?;
+        if let Some(w) = window {
+            let mut bytes = serde_json::to_vec_pretty(w).map_err(|e| {
+                Error::InvalidInput(format!("cannot render the change window: {e}"))
+            })?;
+            bytes.push(b'\n');
+            let tmp = usage::temp_path(&self.window)?;
+            fsutil::write_exclusive(
+                &tmp,
+                &bytes,
+                self.sync(),
+                fsutil::owner_to_keep(&[&self.store, &self.dir])?,
+            )?;
+            if let Err(e) = fs::rename(&tmp, &self.window) {
+                let _ = fs::remove_file(&tmp);
+                return Err(Error::io(
+                    "rename change window file into place",
+                    &self.window,
+                    e,
+                ));
+            }
+            if self.sync() {
+                fsutil::sync_dir(&self.dir)?;
+            }
+        }
+        Ok(info)
     }
 }
 

@@ -12,10 +12,11 @@
 
 use std::path::Path;
 
-use crate::audit::{Actor, AuditDraft, EventPage, EventQuery};
+use crate::audit::{Actor, AuditDraft, EventPage, EventQuery, LogFollower};
 use crate::error::Result;
 use crate::record::KeyMap;
 use crate::usage::UsageMap;
+use crate::window::ChangeWindow;
 
 pub mod file;
 pub(crate) mod fsutil;
@@ -186,4 +187,22 @@ pub trait KeyStore: Send + Sync {
     /// drops every key for which `live(key_id)` is false (revoked keys), and writes the result
     /// atomically with `updated = now`. See [`crate::usage::merge`].
     fn record_usage(&self, deltas: &UsageMap, live: &dyn Fn(&str) -> bool, now: f64) -> Result<()>;
+
+    /// A follower of the audit log from a position returned earlier by
+    /// [`crate::audit::LogFollower::offset`] and [`crate::audit::LogFollower::file_id`], or
+    /// from the end of the log (`None`: only lines appended from now on).
+    fn log_follower(&self, from: Option<(u64, Option<(u64, u64)>)>) -> Result<LogFollower>;
+
+    /// The change window as last recorded, open or not (check [`ChangeWindow::is_open`]).
+    fn change_window(&self) -> Result<Option<ChangeWindow>>;
+
+    /// Records `window` (`Some`: opened, `None`: closed) together with its audit line `draft`.
+    /// Use [`crate::window::open`] and [`crate::window::close`], which validate first.
+    fn set_change_window(
+        &self,
+        actor: &Actor,
+        now: f64,
+        window: Option<&ChangeWindow>,
+        draft: AuditDraft,
+    ) -> Result<CommitInfo>;
 }

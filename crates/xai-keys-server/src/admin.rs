@@ -340,7 +340,27 @@ pub async fn health(State(st): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(st): State<AppState>) -> Response {
-    let text = st.metrics.render(&st.index.health());
+    if !st.metrics.enabled() {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics_disabled",
+            "metrics are disabled on this gateway (XAI_METRICS=0)",
+        )
+        .into_response();
+    }
+    let now = st.now();
+    let health = st.index.health();
+    let inventory = crate::metrics::Inventory::of(&st.index.load(), now);
+    let sinks = st.telemetry.sink_views();
+    let text = st.metrics.render(&crate::metrics::ScrapeInputs {
+        health: &health,
+        inventory: &inventory,
+        sinks: &sinks,
+        window: st.telemetry.window(),
+        window_required: st.telemetry.window_required(),
+        audit_chain_ok: st.telemetry.audit_chain_ok(),
+        now,
+    });
     (
         [(
             header::CONTENT_TYPE,
@@ -737,4 +757,131 @@ mod tests {
             1
         );
     }
+}
+
+// ---- change windows ----
+
+pub async fn window_status(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let st2 = st.clone();
+    blocking("reading the change window", move || {
+        let now = st2.now();
+        let w = st2.store.change_window()?;
+        let mut v = w.map_or_else(|| json!({"open": false}), |w| w.to_json(now));
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "required".into(),
+                st2.cfg.telemetry.require_change_window.into(),
+            );
+        }
+        Ok(success(StatusCode::OK, json!({"window": v})))
+    })
+    .await
+}
+
+/// `POST /admin/change-window` `{"ticket": "CHG-1", "duration": "2h" | "duration_seconds": 7200, "reason": "…"}`.
+pub async fn window_open(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let r = window_open_inner(st.clone(), ctx, headers, body).await;
+    record(&st, "window_open", &r);
+    r
+}
+
+async fn window_open_inner(
+    st: AppState,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let m = json_object(&st, &headers, body).await?;
+    only_fields(&m, &["ticket", "reason", "duration", "duration_seconds"])?;
+    let ticket = opt_string(&m, "ticket")?.ok_or_else(|| {
+        ApiError::invalid_payload("\"ticket\" is required: the change request id, such as CHG-123")
+    })?;
+    let reason = opt_string(&m, "reason")?.unwrap_or_default();
+    let secs = match (m.get("duration"), m.get("duration_seconds")) {
+        (Some(Value::String(d)), None) => humantime::parse_duration(d.trim())
+            .map_err(|_| {
+                ApiError::invalid_payload(format!(
+                    "\"duration\" {d:?} is not a duration such as 30m, 2h or 1d"
+                ))
+            })?
+            .as_secs_f64(),
+        (None, Some(Value::Number(n))) => n.as_f64().unwrap_or(f64::NAN),
+        (None, None) => {
+            return Err(ApiError::invalid_payload(
+                "give \"duration\" (such as \"2h\") or \"duration_seconds\"",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_payload(
+                "give either \"duration\" or \"duration_seconds\", not both",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(ApiError::invalid_payload(
+                "\"duration\" must be a string such as \"2h\"",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::invalid_payload(
+                "\"duration_seconds\" must be a number",
+            ));
+        }
+    };
+    writable(&st)?;
+    let st2 = st.clone();
+    blocking("opening a change window", move || {
+        let now = st2.now();
+        let w = xai_keys_core::window::open(
+            st2.store.as_ref(),
+            &xai_keys_core::window::OpenWindow {
+                ticket,
+                reason,
+                duration_secs: secs,
+            },
+            &actor(&ctx),
+            now,
+        )?;
+        Ok(success(
+            StatusCode::CREATED,
+            json!({"window": w.to_json(now)}),
+        ))
+    })
+    .await
+}
+
+/// `DELETE /admin/change-window?reason=…`: closes the open window early.
+pub async fn window_close(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = query_map(q.as_deref(), &["reason"])?;
+    let reason = q.get("reason").cloned().unwrap_or_default();
+    writable(&st)?;
+    let st2 = st.clone();
+    let r = blocking("closing a change window", move || {
+        let now = st2.now();
+        match xai_keys_core::window::close(st2.store.as_ref(), &reason, &actor(&ctx), now)? {
+            Some(w) => {
+                let mut v = w.to_json(now);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("open".into(), false.into());
+                    o.insert("remaining_seconds".into(), 0.into());
+                }
+                Ok(success(StatusCode::OK, json!({"closed": true, "window": v})))
+            }
+            None => Ok(success(
+                StatusCode::OK,
+                json!({"closed": false, "window": {"open": false}, "message": "no change window is open"}),
+            )),
+        }
+    })
+    .await;
+    record(&st, "window_close", &r);
+    r
 }

@@ -73,6 +73,16 @@ impl Denial {
         }
     }
 
+    /// The key concerned, when the credential named a stored key.
+    pub fn key_id(&self) -> Option<&KeyId> {
+        match self {
+            Denial::Expired { key_id, .. }
+            | Denial::Disabled { key_id }
+            | Denial::InsufficientScope { key_id, .. } => Some(key_id),
+            _ => None,
+        }
+    }
+
     /// A credential was presented but did not authenticate (counts toward the brute-force
     /// throttle). A valid key with too little scope is not a guess.
     pub fn is_failed_guess(&self) -> bool {

@@ -54,6 +54,10 @@ pub struct ServerConfig {
     pub api_versions: Vec<String>,
     /// `XAI_MAX_CONNECTIONS` (4096): open client connections; more wait in the listen backlog.
     pub max_connections: usize,
+    /// `XAI_METRICS` (on): per-request metrics and `GET /metrics`.
+    pub metrics_enabled: bool,
+    /// Security events, webhooks, change-window policy (`crate::telemetry`).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// A configuration value that cannot be used.
@@ -89,6 +93,8 @@ impl Default for ServerConfig {
             policy: RoutePolicy::builtin(),
             api_versions: vec!["v1".into(), "v2".into()],
             max_connections: 4096,
+            metrics_enabled: true,
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -220,6 +226,8 @@ impl ServerConfig {
                 16,
                 1 << 20,
             )?,
+            metrics_enabled: flag(lookup, "XAI_METRICS", d.metrics_enabled)?,
+            telemetry: crate::telemetry::TelemetryConfig::from_lookup(lookup)?,
         })
     }
 }

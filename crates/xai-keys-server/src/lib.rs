@@ -8,6 +8,8 @@
 //! * [`index`], [`auth`]: the in-memory key index and the pure per-request decision.
 //! * [`reload`]: keeping the index equal to the store, whoever writes it.
 //! * [`usage`]: last-use tracking, flushed beside the store.
+//! * [`telemetry`]: security events from the audit log and the gateway, counted once, logged
+//!   as JSON lines and queued for [`webhook`] delivery.
 //! * [`ratelimit`], [`metrics`], [`proxy`], [`admin`], [`bootstrap`].
 //! * [`router()`] builds the axum router; [`Gateway::run`] serves it until shutdown.
 //!
@@ -31,7 +33,9 @@ pub mod reload;
 pub mod router;
 mod serve;
 mod state;
+pub mod telemetry;
 pub mod usage;
+pub mod webhook;
 
 pub use config::ServerConfig;
 pub use router::{RequestContext, router};

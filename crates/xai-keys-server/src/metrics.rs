@@ -1,8 +1,16 @@
 //! Prometheus metrics of the gateway, exposed in the Prometheus text format on `GET /metrics`.
 //!
-//! Labels take bounded values only (results, scopes, route classes, limiter names), so a caller
-//! cannot grow the series count. Store-health series are refreshed from the index's health at
-//! scrape time. The security-event families of the telemetry issue build on this registry.
+//! Labels take bounded values only (results, scopes, route classes, limiter names, event types
+//! from [`xai_keys_core::events::EVENT_TYPES`], audit actions, configured webhook sinks), so a
+//! caller cannot grow the series count. Counters move on the hot path and in the telemetry
+//! pipeline; gauges that describe state (store health, inventory, change window, webhook
+//! queues) are refreshed at scrape time from their owners.
+//!
+//! Each security event is counted exactly once (reference defect Q): in
+//! `xai_security_events_total`, and in `_warning_total` or `_critical_total` by severity, all
+//! labelled by `event_type` (and `action` for `api_key_audit`), so that the reference's alert
+//! `increase(xai_security_events_warning_total{event_type="api_key_audit"}[5m]) > 0` works as
+//! written (defect P).
 
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
@@ -12,10 +20,97 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use xai_keys_core::events::{AUDIT_ACTIONS, SecurityEvent, Severity};
+use xai_keys_core::record::KeyState;
+use xai_keys_core::scope::Scope;
+
+use crate::index::KeyIndex;
 use crate::reload::StoreHealth;
 
 type Labels3 = [(&'static str, &'static str); 3];
+type Labels2 = [(&'static str, &'static str); 2];
 type Labels1 = [(&'static str, &'static str); 1];
+/// Event labels: `event_type`, plus `action` for audit events.
+type EventLabels = Vec<(&'static str, &'static str)>;
+/// Labels whose values come from configuration (webhook sink ids and hosts).
+type OwnedLabels = Vec<(&'static str, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+const SCOPES: [Scope; 4] = [Scope::User, Scope::Operator, Scope::Auditor, Scope::Admin];
+const STATES: [KeyState; 3] = [KeyState::Active, KeyState::Expired, KeyState::Disabled];
+/// "Expiring soon" horizon of `xai_api_keys_expiring_7d`.
+pub const EXPIRING_SOON_SECS: f64 = 7.0 * 86_400.0;
+
+/// Key counts of an index at one instant, for the inventory gauges.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory {
+    /// `[scope][state]` in the order of `SCOPES` and `STATES`.
+    pub counts: [[i64; 3]; 4],
+    pub expiring_soon: [i64; 4],
+    /// Epoch seconds of the next expiry of an active key.
+    pub next_expiry: Option<f64>,
+}
+
+impl Inventory {
+    pub fn of(idx: &KeyIndex, now: f64) -> Self {
+        let mut inv = Inventory::default();
+        for e in idx.entries() {
+            let si = SCOPES.iter().position(|s| *s == e.scope).unwrap_or(0);
+            let state = e.state(now);
+            let ti = STATES.iter().position(|s| *s == state).unwrap_or(0);
+            inv.counts[si][ti] += 1;
+            if state == KeyState::Active
+                && let Some(x) = e.expires_at
+            {
+                if x - now <= EXPIRING_SOON_SECS {
+                    inv.expiring_soon[si] += 1;
+                }
+                inv.next_expiry = Some(inv.next_expiry.map_or(x, |n: f64| n.min(x)));
+            }
+        }
+        inv
+    }
+}
+
+/// One webhook sink's queue, for the webhook gauges.
+#[derive(Debug, Clone)]
+pub struct SinkView {
+    pub id: String,
+    pub host: String,
+    pub depth: usize,
+    /// When the oldest queued event was accepted (epoch seconds).
+    pub oldest_at: Option<f64>,
+}
+
+/// State the scrape refreshes gauges from.
+pub struct ScrapeInputs<'a> {
+    pub health: &'a StoreHealth,
+    pub inventory: &'a Inventory,
+    pub sinks: &'a [SinkView],
+    /// `(open, expiry)` of the change window, `None` when unknown.
+    pub window: Option<(bool, f64)>,
+    pub window_required: bool,
+    pub audit_chain_ok: bool,
+    pub now: f64,
+}
+
+/// The `action` label value of an audit action (bounded: unknown actions are `other`).
+pub fn action_label(action: &str) -> &'static str {
+    AUDIT_ACTIONS
+        .iter()
+        .find(|a| **a == action)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// The `scope` label value of a scope name (`unknown` for anything else).
+pub fn scope_label(scope: &str) -> &'static str {
+    SCOPES
+        .iter()
+        .map(|s| s.as_str())
+        .find(|s| *s == scope)
+        .unwrap_or("unknown")
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -32,6 +127,24 @@ pub struct Metrics {
     store_reloads: Counter,
     store_reload_failures: Counter,
     usage_flush_failures: Counter,
+    enabled: bool,
+    events: Family<EventLabels, Counter>,
+    events_warning: Family<EventLabels, Counter>,
+    events_critical: Family<EventLabels, Counter>,
+    lifecycle: Family<Labels3, Counter>,
+    events_dropped: Family<Labels1, Counter>,
+    window_open: Gauge,
+    window_required: Gauge,
+    window_expiry: FloatGauge,
+    audit_chain_ok: Gauge,
+    keys: Family<Labels2, Gauge>,
+    expiring_soon: Family<Labels1, Gauge>,
+    next_expiry: Family<Vec<(&'static str, &'static str)>, FloatGauge>,
+    webhook_depth: Family<OwnedLabels, Gauge>,
+    webhook_oldest_age: Family<OwnedLabels, FloatGauge>,
+    webhook_deliveries: Family<OwnedLabels, Counter>,
+    webhook_dead: Family<OwnedLabels, Counter>,
+    webhook_info: Family<OwnedLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -42,6 +155,12 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_enabled(true)
+    }
+
+    /// `enabled: false` (`XAI_METRICS=0`) makes the per-request counters no-ops; `/metrics`
+    /// then answers 404.
+    pub fn with_enabled(enabled: bool) -> Self {
         let mut r = Registry::default();
         let auth = Family::<Labels3, Counter>::default();
         r.register(
@@ -123,7 +242,157 @@ impl Metrics {
             "Failed writes of the last-use sidecar (usage kept for the next flush)",
             usage_flush_failures.clone(),
         );
+        let events = Family::<EventLabels, Counter>::default();
+        r.register(
+            "xai_security_events",
+            "Security events by event_type (and action for api_key_audit), each counted once",
+            events.clone(),
+        );
+        let events_warning = Family::<EventLabels, Counter>::default();
+        r.register(
+            "xai_security_events_warning",
+            "Security events of severity WARNING",
+            events_warning.clone(),
+        );
+        let events_critical = Family::<EventLabels, Counter>::default();
+        r.register(
+            "xai_security_events_critical",
+            "Security events of severity CRITICAL",
+            events_critical.clone(),
+        );
+        let lifecycle = Family::<Labels3, Counter>::default();
+        r.register(
+            "xai_key_lifecycle_actions",
+            "Key lifecycle actions from the audit log (CLI and API alike) by action, scope and whether a change window was open",
+            lifecycle.clone(),
+        );
+        let events_dropped = Family::<Labels1, Counter>::default();
+        r.register(
+            "xai_security_events_dropped",
+            "Gateway-side security events that could not be queued (pipeline full)",
+            events_dropped.clone(),
+        );
+        let window_open = Gauge::default();
+        r.register(
+            "xai_change_window_open",
+            "1 while a change window is open",
+            window_open.clone(),
+        );
+        let window_required = Gauge::default();
+        r.register(
+            "xai_change_window_required",
+            "1 when lifecycle actions must happen inside a change window (XAI_REQUIRE_CHANGE_WINDOW)",
+            window_required.clone(),
+        );
+        let window_expiry = FloatGauge::default();
+        r.register(
+            "xai_change_window_expiry_timestamp_seconds",
+            "Unix time the open change window ends (0 when none is open)",
+            window_expiry.clone(),
+        );
+        let audit_chain_ok = Gauge::default();
+        r.register(
+            "xai_keys_audit_chain_ok",
+            "1 while the audit log's hash chain checks out, 0 once a break was seen",
+            audit_chain_ok.clone(),
+        );
+        let keys = Family::<Labels2, Gauge>::default();
+        r.register(
+            "xai_api_keys",
+            "Keys in the gateway's index by scope and state",
+            keys.clone(),
+        );
+        let expiring_soon = Family::<Labels1, Gauge>::default();
+        r.register(
+            "xai_api_keys_expiring_7d",
+            "Active keys that expire within 7 days, by scope",
+            expiring_soon.clone(),
+        );
+        let next_expiry = Family::<Vec<(&'static str, &'static str)>, FloatGauge>::default();
+        r.register(
+            "xai_api_key_next_expiry_seconds",
+            "Seconds until the next active key expires (absent when no active key expires)",
+            next_expiry.clone(),
+        );
+        let webhook_depth = Family::<OwnedLabels, Gauge>::default();
+        r.register(
+            "xai_security_webhook_queue_depth",
+            "Events queued for a webhook sink",
+            webhook_depth.clone(),
+        );
+        let webhook_oldest_age = Family::<OwnedLabels, FloatGauge>::default();
+        r.register(
+            "xai_security_webhook_oldest_event_age_seconds",
+            "Age of the oldest event queued for a webhook sink (0 when empty)",
+            webhook_oldest_age.clone(),
+        );
+        let webhook_deliveries = Family::<OwnedLabels, Counter>::default();
+        r.register(
+            "xai_security_webhook_deliveries",
+            "Webhook delivery attempts by sink and result (success, http_error, timeout, connect_error)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_dead = Family::<OwnedLabels, Counter>::default();
+        r.register(
+            "xai_security_webhook_dead_lettered",
+            "Events moved to the dead-letter file, by sink and reason (max_age, queue_full, sink_removed)",
+            webhook_dead.clone(),
+        );
+        let webhook_info = Family::<OwnedLabels, Gauge>::default();
+        r.register(
+            "xai_security_webhook_sink_info",
+            "Configured webhook sinks: id and host (the URL's path is never exported)",
+            webhook_info.clone(),
+        );
+        // Series exist from the start at zero: `increase()` in an alert rule cannot see the
+        // first event of a series that appears with it.
+        for t in xai_keys_core::events::EVENT_TYPES {
+            if *t == xai_keys_core::events::API_KEY_AUDIT {
+                for a in AUDIT_ACTIONS.iter().chain(["other"].iter()) {
+                    let l: EventLabels = vec![("event_type", t), ("action", a)];
+                    let _ = events.get_or_create(&l);
+                    let _ = events_warning.get_or_create(&l);
+                    let _ = events_critical.get_or_create(&l);
+                }
+            } else {
+                let l: EventLabels = vec![("event_type", t)];
+                let _ = events.get_or_create(&l);
+                let _ = events_warning.get_or_create(&l);
+                let _ = events_critical.get_or_create(&l);
+            }
+        }
+        for a in xai_keys_core::events::LIFECYCLE_ACTIONS {
+            for sc in SCOPES.iter().map(|s| s.as_str()).chain(["unknown"]) {
+                for w in ["true", "false"] {
+                    let _ = lifecycle.get_or_create(&[
+                        ("action", *a),
+                        ("scope", sc),
+                        ("in_change_window", w),
+                    ]);
+                }
+            }
+        }
+        let _ = events_dropped.get_or_create(&[("reason", "backpressure")]);
+        audit_chain_ok.set(1);
         Metrics {
+            enabled,
+            events,
+            events_warning,
+            events_critical,
+            lifecycle,
+            events_dropped,
+            window_open,
+            window_required,
+            window_expiry,
+            audit_chain_ok,
+            keys,
+            expiring_soon,
+            next_expiry,
+            webhook_depth,
+            webhook_oldest_age,
+            webhook_deliveries,
+            webhook_dead,
+            webhook_info,
             registry: r,
             auth,
             auth_seconds,
@@ -148,6 +417,9 @@ impl Metrics {
         route_class: &'static str,
         secs: f64,
     ) {
+        if !self.enabled {
+            return;
+        }
         self.auth
             .get_or_create(&[
                 ("result", result),
@@ -178,9 +450,126 @@ impl Metrics {
         self.usage_flush_failures.inc();
     }
 
-    /// Renders the registry after refreshing the store-health series.
-    pub fn render(&self, h: &StoreHealth) -> String {
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Counts one security event once, by type and severity; lifecycle audit events also by
+    /// action, scope and change window.
+    pub fn security_event(&self, ev: &SecurityEvent) {
+        let mut labels: EventLabels = vec![("event_type", ev.event_type)];
+        if let Some(a) = ev.action() {
+            labels.push(("action", action_label(a)));
+        }
+        self.events.get_or_create(&labels).inc();
+        match ev.severity {
+            Severity::Warning => {
+                self.events_warning.get_or_create(&labels).inc();
+            }
+            Severity::Critical => {
+                self.events_critical.get_or_create(&labels).inc();
+            }
+            Severity::Info => {}
+        }
+        if let Some(a) = ev
+            .action()
+            .filter(|a| xai_keys_core::events::is_lifecycle(a))
+        {
+            let scope = ev
+                .details
+                .get("scope")
+                .and_then(serde_json::Value::as_str)
+                .map_or("unknown", scope_label);
+            let in_window = ev
+                .details
+                .get("in_change_window")
+                .and_then(serde_json::Value::as_str)
+                == Some("true");
+            self.lifecycle
+                .get_or_create(&[
+                    ("action", action_label(a)),
+                    ("scope", scope),
+                    ("in_change_window", if in_window { "true" } else { "false" }),
+                ])
+                .inc();
+        }
+    }
+
+    /// A gateway-side event that could not be queued.
+    pub fn event_dropped(&self, reason: &'static str) {
+        self.events_dropped
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    pub fn webhook_delivery(&self, sink: &str, result: &'static str) {
+        self.webhook_deliveries
+            .get_or_create(&vec![
+                ("sink", sink.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn webhook_dead_lettered(&self, sink: &str, reason: &str, n: u64) {
+        self.webhook_dead
+            .get_or_create(&vec![
+                ("sink", sink.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc_by(n);
+    }
+
+    /// Renders the registry after refreshing the state gauges.
+    pub fn render(&self, inp: &ScrapeInputs<'_>) -> String {
+        let h = inp.health;
         let flag = |b: bool| i64::from(b);
+        for (si, scope) in SCOPES.iter().enumerate() {
+            for (ti, state) in STATES.iter().enumerate() {
+                self.keys
+                    .get_or_create(&[("scope", scope.as_str()), ("state", state.as_str())])
+                    .set(inp.inventory.counts[si][ti]);
+            }
+            self.expiring_soon
+                .get_or_create(&[("scope", scope.as_str())])
+                .set(inp.inventory.expiring_soon[si]);
+        }
+        self.next_expiry.clear();
+        if let Some(x) = inp.inventory.next_expiry {
+            self.next_expiry
+                .get_or_create(&Vec::new())
+                .set((x - inp.now).max(0.0));
+        }
+        self.window_required.set(flag(inp.window_required));
+        if let Some((open, expiry)) = inp.window {
+            self.window_open.set(flag(open));
+            self.window_expiry.set(if open { expiry } else { 0.0 });
+        }
+        self.audit_chain_ok.set(flag(inp.audit_chain_ok));
+        for s in inp.sinks {
+            let l = vec![("sink", s.id.clone())];
+            self.webhook_depth
+                .get_or_create(&l)
+                .set(i64::try_from(s.depth).unwrap_or(i64::MAX));
+            self.webhook_oldest_age
+                .get_or_create(&l)
+                .set(s.oldest_at.map_or(0.0, |t| (inp.now - t).max(0.0)));
+            self.webhook_info
+                .get_or_create(&vec![("sink", s.id.clone()), ("host", s.host.clone())])
+                .set(1);
+            for result in ["success", "http_error", "timeout", "connect_error"] {
+                let _ = self.webhook_deliveries.get_or_create(&vec![
+                    ("sink", s.id.clone()),
+                    ("result", result.to_string()),
+                ]);
+            }
+            for reason in ["max_age", "queue_full", "sink_removed"] {
+                let _ = self.webhook_dead.get_or_create(&vec![
+                    ("sink", s.id.clone()),
+                    ("reason", reason.to_string()),
+                ]);
+            }
+        }
         self.store_ok.set(flag(h.status == "ok"));
         self.store_degraded.set(flag(h.status == "degraded"));
         self.store_unreadable.set(flag(h.status == "unreadable"));

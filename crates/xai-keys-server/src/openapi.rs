@@ -18,6 +18,9 @@ pub const OWN_ROUTES: &[(&str, &str)] = &[
     ("post", "/admin/api-keys/{key_id}/disable"),
     ("post", "/admin/api-keys/{key_id}/enable"),
     ("get", "/admin/api-key-events"),
+    ("get", "/admin/change-window"),
+    ("post", "/admin/change-window"),
+    ("delete", "/admin/change-window"),
 ];
 
 fn err_response(desc: &str) -> Value {
@@ -250,7 +253,52 @@ pub fn document() -> Value {
                     "200": ok_json("Events", json!({"type": "object", "required": ["success", "events"],
                         "properties": {"success": {"const": true}, "events": {"type": "array", "items": {"type": "object"}}}}))
                 }))
-            }}
+            }},
+            "/admin/change-window": {
+                "get": {
+                    "summary": "The change window: open or not, ticket, end (admin, operator, auditor)",
+                    "security": security(),
+                    "responses": with(auth_errors(), json!({
+                        "200": ok_json("Window", json!({"type": "object", "required": ["success", "window"],
+                            "properties": {"success": {"const": true}, "window": {"type": "object", "required": ["open"]}}}))
+                    }))
+                },
+                "post": {
+                    "summary": "Open a change window for a fixed time (admin); audited as window_open",
+                    "security": security(),
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["ticket"],
+                        "properties": {
+                            "ticket": {"type": "string", "minLength": 1, "maxLength": 256},
+                            "reason": {"type": "string", "maxLength": 256},
+                            "duration": {"type": "string", "description": "30m, 2h, 1d (1 minute to 7 days)"},
+                            "duration_seconds": {"type": "number", "minimum": 60, "maximum": 604800}
+                        }
+                    }}}},
+                    "responses": with(auth_errors(), json!({
+                        "201": ok_json("Opened", json!({"type": "object", "required": ["success", "window"]})),
+                        "400": err_response("Invalid body"),
+                        "409": err_response("A window is open already"),
+                        "413": err_response("Body too large"),
+                        "415": err_response("Body is not JSON"),
+                        "503": err_response("Store unavailable")
+                    }))
+                },
+                "delete": {
+                    "summary": "Close the open change window early (admin); audited as window_close",
+                    "security": security(),
+                    "parameters": [
+                        {"name": "reason", "in": "query", "required": false, "schema": {"type": "string", "maxLength": 256}}
+                    ],
+                    "responses": with(auth_errors(), json!({
+                        "200": ok_json("Closed (or none was open)", json!({"type": "object", "required": ["success", "closed", "window"]})),
+                        "400": err_response("Invalid reason"),
+                        "503": err_response("Store unavailable")
+                    }))
+                }
+            }
         }
     })
 }

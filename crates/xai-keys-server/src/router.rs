@@ -17,10 +17,12 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use serde_json::json;
 use tower::Layer;
+use xai_keys_core::events::Severity;
 
 use crate::admin;
-use crate::auth::{Outcome, Principal, decide};
+use crate::auth::{Denial, Outcome, Principal, decide};
 use crate::credentials::{self, strip_api_key};
 use crate::error::ApiError;
 use crate::policy::{Access, Route, normalize_path_with};
@@ -78,6 +80,8 @@ fn own_route(method: &Method, path: &str) -> Option<(Access, &'static str)> {
             (Access::Admin, "/admin/api-keys/{key_id}/enable")
         }
         (["admin", "api-key-events"], true) => (Access::Auditor, "/admin/api-key-events"),
+        (["admin", "change-window"], true) => (Access::Auditor, "/admin/change-window"),
+        (["admin", "change-window"], _) => (Access::Admin, "/admin/change-window"),
         // Any other method on the key API's paths: admin, then a JSON 405 from the router.
         (["admin", "api-keys", ..], _) | (["admin", "api-key-events"], _) => {
             (Access::Admin, "/admin/api-keys")
@@ -103,6 +107,12 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/api-keys/{key_id}/disable", post(admin::disable_key))
         .route("/admin/api-keys/{key_id}/enable", post(admin::enable_key))
         .route("/admin/api-key-events", get(admin::events))
+        .route(
+            "/admin/change-window",
+            get(admin::window_status)
+                .post(admin::window_open)
+                .delete(admin::window_close),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(proxy)
         .with_state(state.clone());
@@ -254,6 +264,7 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
     {
         st.metrics.rate_limited("auth_failures");
         tracing::info!(target: "xai_keys::auth", client = %client, route = %route.template, "request refused: too many failed authentications");
+        rate_limit_event(&st, "auth_failures", client, &route.template, now);
         st.metrics.auth(
             "rate_limited",
             "none",
@@ -283,6 +294,18 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
                 started.elapsed().as_secs_f64(),
             );
             tracing::info!(target: "xai_keys::auth", client = %client, route = %route.template, problem = %e.0, "request refused: unreadable credentials");
+            auth_event(
+                &st,
+                &AuthFailure {
+                    client,
+                    method: &method,
+                    route: &route.template,
+                    class,
+                    reason: "bad_credentials",
+                    key_id: None,
+                    now,
+                },
+            );
             return ApiError::bad_request("invalid_credentials", e.0).into_response();
         }
     };
@@ -313,6 +336,34 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
                 reason = d.reason(),
                 "request refused"
             );
+            if let Denial::Expired { key_id, expired_at } = &d {
+                st.telemetry.emitter.emit_throttled(
+                    &format!("expired|{key_id}"),
+                    "api_key_expired_attempt",
+                    Severity::Warning,
+                    now,
+                    json!({
+                        "key_id": key_id.as_str(),
+                        "expired_at": expired_at,
+                        "client": client.to_string(),
+                        "route": route.template.as_ref(),
+                        "method": method.as_str(),
+                    }),
+                );
+            } else {
+                auth_event(
+                    &st,
+                    &AuthFailure {
+                        client,
+                        method: &method,
+                        route: &route.template,
+                        class,
+                        reason: d.reason(),
+                        key_id: d.key_id(),
+                        now,
+                    },
+                );
+            }
             return d
                 .to_api_error(route.access, &route.template)
                 .into_response();
@@ -333,6 +384,7 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
     {
         st.metrics.rate_limited("admin");
         tracing::info!(target: "xai_keys::auth", client = %client, route = %route.template, "request refused: admin rate limit");
+        rate_limit_event(&st, "admin", client, &route.template, now);
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -424,4 +476,50 @@ mod tests {
             "/x/<redacted>"
         );
     }
+}
+
+/// A refused authentication, for its security event.
+struct AuthFailure<'a> {
+    client: IpAddr,
+    method: &'a Method,
+    route: &'a str,
+    class: &'static str,
+    reason: &'static str,
+    key_id: Option<&'a xai_keys_core::token::KeyId>,
+    now: f64,
+}
+
+/// `api_admin_auth_failure` on admin routes, `api_auth_failure` elsewhere; throttled per
+/// client and reason so that one client hammering the gateway makes one event a minute.
+fn auth_event(st: &AppState, f: &AuthFailure<'_>) {
+    let event_type = if f.class == "admin" {
+        "api_admin_auth_failure"
+    } else {
+        "api_auth_failure"
+    };
+    st.telemetry.emitter.emit_throttled(
+        &format!("{event_type}|{}|{}", f.client, f.reason),
+        event_type,
+        Severity::Warning,
+        f.now,
+        json!({
+            "reason": f.reason,
+            "client": f.client.to_string(),
+            "method": f.method.as_str(),
+            "route": f.route,
+            "route_class": f.class,
+            "key_id": f.key_id.map(|k| k.as_str()),
+        }),
+    );
+}
+
+/// `api_rate_limited`, once a minute per limiter and client.
+fn rate_limit_event(st: &AppState, limiter: &'static str, client: IpAddr, route: &str, now: f64) {
+    st.telemetry.emitter.emit_throttled(
+        &format!("rate|{limiter}|{client}"),
+        "api_rate_limited",
+        Severity::Warning,
+        now,
+        json!({"limiter": limiter, "client": client.to_string(), "route": route}),
+    );
 }

@@ -4,8 +4,9 @@
 //! covers a client that connects and sends nothing, a header-count cap, HTTP/2 keep-alive pings
 //! and a stream cap, and at most `XAI_MAX_CONNECTIONS` connections at once (more wait in the
 //! listen backlog), so slow or idle clients cannot hold the gateway. On shutdown the listener
-//! closes, in-flight requests get `shutdown_grace` to finish, the store watcher stops and the
-//! last usage data is written.
+//! closes, in-flight requests get `shutdown_grace` to finish, the webhook workers stop, the
+//! store watcher stops, the last usage data is written and the telemetry pipeline makes its
+//! final pass.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +52,11 @@ impl Gateway {
             // An HTTP/2 connection that stops answering pings is closed.
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
+        let (workers_stop_tx, workers_stop) = tokio::sync::watch::channel(false);
+        let workers = st
+            .telemetry
+            .spawn_workers(&workers_stop)
+            .map_err(std::io::Error::other)?;
         let slots = Arc::new(Semaphore::new(st.cfg.max_connections));
         let first_byte = st.cfg.header_read_timeout;
         let graceful = GracefulShutdown::new();
@@ -135,6 +141,17 @@ impl Gateway {
             tracing::warn!(grace = ?st.cfg.shutdown_grace, "in-flight requests did not finish in time");
         }
         flusher.abort();
+        // Webhook workers stop between deliveries; queued events stay on disk for the next run.
+        let _ = workers_stop_tx.send(true);
+        for w in workers {
+            let abort = w.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), w)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
         tokio::task::spawn_blocking(move || self.stop_background())
             .await
             .map_err(std::io::Error::other)?;

@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::ratelimit::Limiter;
 use crate::reload::{IndexHandle, StartError};
+use crate::telemetry::Telemetry;
 use crate::usage::UsageTracker;
 
 /// Everything a request handler reads.
@@ -22,7 +23,8 @@ pub struct Shared {
     pub usage: UsageTracker,
     pub admin_limiter: Limiter<(IpAddr, Arc<str>)>,
     pub fail_limiter: Limiter<IpAddr>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    pub telemetry: Arc<Telemetry>,
     pub upstream: Option<Upstream>,
     pub clock: Clock,
 }
@@ -76,6 +78,8 @@ pub enum GatewayError {
     Config(String),
     #[error("cannot start the store watcher thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Telemetry(String),
 }
 
 impl Gateway {
@@ -93,6 +97,15 @@ impl Gateway {
             ),
             None => None,
         };
+        let metrics = Arc::new(Metrics::with_enabled(cfg.metrics_enabled));
+        let telemetry = Telemetry::start(
+            cfg.telemetry.clone(),
+            store.clone(),
+            index.clone(),
+            metrics.clone(),
+            clock.clone(),
+        )
+        .map_err(GatewayError::Telemetry)?;
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = crate::reload::spawn_watcher(
             index.clone(),
@@ -109,7 +122,8 @@ impl Gateway {
             store,
             index,
             usage: UsageTracker::default(),
-            metrics: Metrics::new(),
+            metrics,
+            telemetry,
             upstream,
             clock,
         }));
@@ -136,6 +150,7 @@ impl Gateway {
             let _ = w.join();
         }
         self.state.flush_usage();
+        self.state.telemetry.stop();
     }
 }
 

@@ -60,6 +60,40 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Run the authenticating gateway in front of a node's HTTP API.
     Serve(ServeArgs),
+    /// Open, close or show the change window in which key changes are planned.
+    #[command(subcommand)]
+    Window(WindowCommand),
+}
+
+/// `window`: change windows (runbook 4.1). Audited; never blocks a change.
+#[derive(Debug, Subcommand)]
+pub enum WindowCommand {
+    /// Open a change window for a fixed time (actions inside it carry its ticket).
+    Open(WindowOpenArgs),
+    /// Close the open change window early.
+    Close(WindowCloseArgs),
+    /// Show whether a change window is open.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct WindowOpenArgs {
+    /// How long the window stays open: a duration such as 30m, 2h, 1d (1 minute to 7 days).
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: String,
+    /// The change ticket the work belongs to, such as CHG-123.
+    #[arg(long)]
+    pub ticket: String,
+    /// Why (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WindowCloseArgs {
+    /// Why the window closes early (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 /// `serve`: flags win over the environment. Every other setting is an `XAI_*` variable
@@ -204,7 +238,8 @@ pub struct EventsArgs {
     /// How many of the most recent matching events (1–10000).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
-    /// Only this action: issue, revoke, rotate, expire, disable, enable, restore, adopt, recover.
+    /// Only this action: issue, revoke, rotate, expire, disable, enable, restore, adopt,
+    /// recover, window_open, window_close.
     #[arg(long)]
     pub action: Option<String>,
     /// Full key id or prefix (also matches `replaced`).

@@ -25,7 +25,13 @@ pub struct Config {
     pub json: bool,
     /// From [`LOCK_TIMEOUT_VAR`]; `None` keeps the store's default.
     pub lock_timeout: Option<Duration>,
+    /// `XAI_REQUIRE_CHANGE_WINDOW`: lifecycle actions outside an open window are reported as
+    /// CRITICAL by the gateway's telemetry; the CLI says so when it makes one.
+    pub require_change_window: bool,
 }
+
+/// Whether lifecycle actions must happen inside a change window (reported, never blocked).
+pub const REQUIRE_WINDOW_VAR: &str = "XAI_REQUIRE_CHANGE_WINDOW";
 
 impl Config {
     pub fn resolve(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
@@ -55,11 +61,16 @@ impl Config {
             OutputFormat::Table => false,
             OutputFormat::Auto => !std::io::stdout().is_terminal(),
         };
+        let require_change_window = match env(REQUIRE_WINDOW_VAR) {
+            Some(v) => xai_keys_core::policy::parse_bool(REQUIRE_WINDOW_VAR, &v)?,
+            None => false,
+        };
         Ok(Config {
             store_path,
             policy,
             json,
             lock_timeout,
+            require_change_window,
         })
     }
 

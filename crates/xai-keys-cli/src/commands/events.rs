@@ -17,7 +17,17 @@ use xai_keys_core::audit::parse_since;
 
 /// The actions xai-keys writes (a legacy or gateway log may hold others).
 const KNOWN_ACTIONS: &[&str] = &[
-    "issue", "revoke", "rotate", "expire", "disable", "enable", "restore", "adopt", "recover",
+    "issue",
+    "revoke",
+    "rotate",
+    "expire",
+    "disable",
+    "enable",
+    "restore",
+    "adopt",
+    "recover",
+    "window_open",
+    "window_close",
 ];
 
 /// One table row; the free-text label goes last so long or wide labels do not shift columns.

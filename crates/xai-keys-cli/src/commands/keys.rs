@@ -90,7 +90,11 @@ fn manage<T>(
     let mgr = KeyManager::new(&store, cfg.policy);
     let res = op(&mgr, &Actor::current_cli_user(), now);
     output::warnings(&mgr.take_warnings());
-    Ok(res?)
+    let res = res?;
+    if cfg.require_change_window {
+        crate::commands::window::warn_if_outside(&store, now);
+    }
+    Ok(res)
 }
 
 pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {

@@ -11,6 +11,7 @@ mod events;
 mod keys;
 mod serve;
 mod verify;
+mod window;
 
 /// Runs a parsed command; `Ok(false)` means "completed, but exit 1" (verify failures).
 pub fn run(cmd: Command, cfg: &Config) -> Result<bool> {
@@ -29,5 +30,6 @@ pub fn run(cmd: Command, cfg: &Config) -> Result<bool> {
         Command::Backup(a) => backup::backup(a, cfg),
         Command::Restore(a) => backup::restore(a, cfg),
         Command::Serve(a) => serve::serve(a, cfg),
+        Command::Window(w) => window::window(w, cfg),
     }
 }

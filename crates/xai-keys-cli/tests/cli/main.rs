@@ -10,4 +10,5 @@ mod fixtures;
 mod operator;
 mod serve;
 mod smoke;
+mod telemetry;
 mod usage;

@@ -307,6 +307,23 @@ fn main() {
         },
     );
 
+    // The metrics path of the hot path (issue 4): the same decision plus what the middleware
+    // records per request with metrics on (`Metrics::auth`: a labelled counter and the
+    // latency histogram). With XAI_METRICS=0 the call returns at once.
+    let metrics_on = xai_keys_server::metrics::Metrics::with_enabled(true);
+    let metrics_off = xai_keys_server::metrics::Metrics::with_enabled(false);
+    for (id, m) in [
+        ("valid_user_key_metrics_on", &metrics_on),
+        ("valid_user_key_metrics_off", &metrics_off),
+    ] {
+        bench_loop(&mut c, "auth", id, 60, secs, false, || {
+            let t = Instant::now();
+            let o = decision(&f.index, Access::User, &Method::POST, &user_headers, now);
+            m.auth("allowed", "user", "user", t.elapsed().as_secs_f64());
+            o
+        });
+    }
+
     // What a reload pays after loading the store: building the index.
     bench_loop(
         &mut c,
@@ -428,6 +445,16 @@ fn summary(cases: &[Case]) -> String {
     row(
         "valid user key, plus path normalisation and route-policy lookup (`/api/v2/send`)",
         "auth/valid_user_key_with_route_policy",
+        false,
+    );
+    row(
+        "valid user key + the per-request metrics (`Metrics::auth`), metrics on",
+        "auth/valid_user_key_metrics_on",
+        false,
+    );
+    row(
+        "valid user key + the per-request metrics call, metrics off (`XAI_METRICS=0`)",
+        "auth/valid_user_key_metrics_off",
         false,
     );
     row(

@@ -231,7 +231,7 @@ pub enum QueueError {
     },
 
     #[error(
-        "webhook queue {path} is in use by another process (it holds the lock {path}.lock): stop the other gateway, or give each gateway its own queue path",
+        "webhook queue {path} is in use by another process (it holds the lock {path}.lock): stop the other gateway, or give each gateway its own queue path (XAI_SECURITY_WEBHOOK_QUEUE)",
         path = path.display()
     )]
     Locked { path: PathBuf },

@@ -213,7 +213,17 @@ impl<'a> KeyManager<'a> {
     /// Lines written while a change window is open carry its ticket as `change_window`
     /// ([`crate::window`]), so that readers of the log can tell planned changes from others.
     fn commit(&self, actor: &Actor, now: f64, change: &mut crate::store::Change<'_>) -> Result<()> {
-        let ticket = crate::window::current(self.store, now)?.map(|w| w.ticket);
+        // A window that cannot be read counts as closed: the action goes ahead (an emergency
+        // is never blocked) and is reported as outside a window, with the reason as a warning.
+        let ticket = match crate::window::current(self.store, now) {
+            Ok(w) => w.map(|w| w.ticket),
+            Err(e) => {
+                self.warn(format!(
+                    "change window unknown, recorded as outside a window: {e}"
+                ));
+                None
+            }
+        };
         let info = self.store.commit(actor, now, &mut |keys: &mut KeyMap| {
             let drafts = change(keys)?;
             Ok(match &ticket {
@@ -231,6 +241,13 @@ impl<'a> KeyManager<'a> {
             }
         }
         Ok(())
+    }
+
+    fn warn(&self, w: String) {
+        match self.warnings.lock() {
+            Ok(mut g) => g.push(w),
+            Err(p) => p.into_inner().push(w),
+        }
     }
 
     pub fn policy(&self) -> TtlPolicy {

@@ -200,6 +200,7 @@ pub struct Emitter {
     tx: SyncSender<SecurityEvent>,
     metrics: Arc<Metrics>,
     throttle: Arc<Mutex<Throttle>>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Emitter {
@@ -209,10 +210,15 @@ impl Emitter {
             Ok(()) => {}
             Err(TrySendError::Full(ev)) => {
                 self.metrics.event_dropped("backpressure");
-                tracing::warn!(
-                    event_type = ev.event_type,
-                    "security event pipeline full; event dropped (counted in xai_security_events_dropped_total)"
-                );
+                // Logged at the first drop and then every 1000th, not per event.
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+                if n % 1000 == 0 {
+                    tracing::warn!(
+                        event_type = ev.event_type,
+                        dropped = n + 1,
+                        "security event pipeline full; events dropped (counted in xai_security_events_dropped_total)"
+                    );
+                }
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
@@ -366,6 +372,7 @@ impl Telemetry {
             tx,
             metrics: metrics.clone(),
             throttle: Arc::new(Mutex::new(Throttle::default())),
+            dropped: Arc::default(),
         };
         let status = Arc::new(Status {
             window: Mutex::new(None),

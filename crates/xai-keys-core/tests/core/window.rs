@@ -1,0 +1,130 @@
+//! Change windows against a real file store: the window file, its audit lines, the ticket on
+//! lifecycle lines, and that a bad window file never blocks a change.
+
+use xai_keys_core::Scope;
+use xai_keys_core::ops::{IssueRequest, KeyManager};
+use xai_keys_core::policy::TtlRequest;
+use xai_keys_core::store::KeyStore;
+use xai_keys_core::window::{self, OpenWindow};
+
+use crate::common::*;
+
+const T0: f64 = 1_800_000_000.0;
+
+fn issue(mgr: &KeyManager<'_>, label: &str, now: f64) -> xai_keys_core::KeyId {
+    mgr.issue(
+        IssueRequest {
+            scope: Scope::User,
+            label: label.into(),
+            ttl: TtlRequest::Default,
+            secret: None,
+        },
+        &actor(),
+        now,
+    )
+    .unwrap()
+    .info
+    .key_id
+}
+
+#[test]
+fn a_window_marks_the_lines_written_while_it_is_open_and_expires_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(dir.path());
+    let store = fast(&path);
+    let mgr = KeyManager::new(&store, policy());
+    let w = window::open(
+        &store,
+        &OpenWindow {
+            ticket: "CHG-7".into(),
+            reason: "quarterly rotation".into(),
+            duration_secs: 3600.0,
+        },
+        &actor(),
+        T0,
+    )
+    .unwrap();
+    assert_eq!(w.expires_at, T0 + 3600.0);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(sibling(&path, ".window"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o777, 0o600);
+    }
+    issue(&mgr, "inside", T0 + 10.0);
+    // After the end, nothing is marked, without anyone closing it.
+    issue(&mgr, "after", T0 + 3600.0);
+    assert!(window::current(&store, T0 + 3600.0).unwrap().is_none());
+    let lines = log_events(&sibling(&path, ".log"));
+    let by = |a: &str, label: &str| {
+        lines
+            .iter()
+            .find(|e| action(e) == a && e.get("label").and_then(|v| v.as_str()) == Some(label))
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by("issue", "inside")["change_window"], "CHG-7");
+    assert!(by("issue", "after").get("change_window").is_none());
+    let open = lines.iter().find(|e| action(e) == "window_open").unwrap();
+    assert_eq!(open["ticket"], "CHG-7");
+    assert_eq!(open["reason"], "quarterly rotation");
+    // The log still verifies with the window lines in it.
+    let report = store
+        .verify(&actor(), T0 + 4000.0, Default::default())
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+}
+
+#[test]
+fn closing_removes_the_window_and_is_audited_and_a_second_open_is_refused_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(dir.path());
+    let store = fast(&path);
+    let req = |t: &str| OpenWindow {
+        ticket: t.into(),
+        reason: String::new(),
+        duration_secs: 600.0,
+    };
+    window::open(&store, &req("A"), &actor(), T0).unwrap();
+    let e = window::open(&store, &req("B"), &actor(), T0 + 1.0).unwrap_err();
+    assert_eq!(e.code(), "window_open");
+    assert!(e.to_string().contains("\"A\""), "{e}");
+    let closed = window::close(&store, "done early", &actor(), T0 + 2.0).unwrap();
+    assert_eq!(closed.map(|w| w.ticket).as_deref(), Some("A"));
+    assert!(!sibling(&path, ".window").exists());
+    assert!(
+        window::close(&store, "", &actor(), T0 + 3.0)
+            .unwrap()
+            .is_none()
+    );
+    window::open(&store, &req("B"), &actor(), T0 + 4.0).unwrap();
+    let lines = log_events(&sibling(&path, ".log"));
+    let actions: Vec<&str> = lines.iter().map(action).collect();
+    assert_eq!(actions, ["window_open", "window_close", "window_open"]);
+    assert_eq!(lines[1]["reason"], "done early");
+}
+
+#[test]
+fn a_corrupt_window_file_never_blocks_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_path(dir.path());
+    let store = fast(&path);
+    let mgr = KeyManager::new(&store, policy());
+    let id = issue(&mgr, "k", T0);
+    std::fs::write(sibling(&path, ".window"), b"{not json").unwrap();
+    let e = store.change_window().unwrap_err();
+    assert_eq!(e.code(), "corrupt_window");
+    assert!(e.to_string().contains("rm "), "{e}");
+    // The emergency revoke goes ahead, recorded as outside a window, with a warning.
+    mgr.revoke(id.as_str(), None, &actor(), T0 + 1.0).unwrap();
+    let warnings = mgr.take_warnings();
+    assert!(
+        warnings.iter().any(|w| w.contains("change window unknown")),
+        "{warnings:?}"
+    );
+    let lines = log_events(&sibling(&path, ".log"));
+    let revoke = lines.iter().find(|e| action(e) == "revoke").unwrap();
+    assert!(revoke.get("change_window").is_none());
+}

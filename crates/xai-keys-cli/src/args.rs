@@ -63,6 +63,17 @@ pub enum Command {
     /// Open, close or show the change window in which key changes are planned.
     #[command(subcommand)]
     Window(WindowCommand),
+    /// Print the security events that webhooks could not deliver (the dead-letter file), as
+    /// NDJSON, decrypting with XAI_SECURITY_WEBHOOK_QUEUE_KEY when the queue is encrypted.
+    DeadLetters(DeadLettersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    /// The webhook queue [env: XAI_SECURITY_WEBHOOK_QUEUE] [default: <store>.webhook-queue];
+    /// its dead letters are `<queue>.dead`.
+    #[arg(long, value_name = "PATH")]
+    pub queue: Option<PathBuf>,
 }
 
 /// `window`: change windows (runbook 4.1). Audited; never blocks a change.

@@ -317,7 +317,13 @@ pub(crate) fn restore_file_store(
             .map(ToString::to_string)
             .collect();
         let mut draft = AuditDraft::new("restore", None)
-            .with("backup", from.display().to_string())
+            .with(
+                "backup",
+                std::path::absolute(from)
+                    .unwrap_or_else(|_| from.to_path_buf())
+                    .display()
+                    .to_string(),
+            )
             .with("backup_created", manifest.created)
             .with("backup_store_sha256", manifest.store_sha256.clone())
             .with("restored_keys", keys.len())

@@ -187,6 +187,8 @@ pub struct KeyManager<'a> {
     /// Warnings from the store's commits (readable permissions, recovery notes), for the caller
     /// to show: see [`KeyManager::take_warnings`].
     warnings: std::sync::Mutex<Vec<String>>,
+    /// Audit lines written by this manager's commits (0: every call was a no-op).
+    lines_written: std::sync::atomic::AtomicUsize,
 }
 
 impl<'a> KeyManager<'a> {
@@ -195,6 +197,7 @@ impl<'a> KeyManager<'a> {
             store,
             policy,
             warnings: std::sync::Mutex::new(Vec::new()),
+            lines_written: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -240,7 +243,16 @@ impl<'a> KeyManager<'a> {
                 Err(p) => p.into_inner().extend(info.warnings),
             }
         }
+        self.lines_written
+            .fetch_add(info.lines.len(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Audit lines written so far by this manager (an idempotent call that changed nothing,
+    /// such as `bootstrap_admin` on a registered secret, writes none).
+    pub fn lines_written(&self) -> usize {
+        self.lines_written
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn warn(&self, w: String) {

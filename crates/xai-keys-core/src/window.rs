@@ -90,8 +90,9 @@ pub fn check_ticket(ticket: &str) -> Result<String> {
 
 /// Opens a window for `req.duration_secs` from `now`, audited as `window_open`.
 ///
-/// Refuses while another window is open: two plans at once are one too many to reason about;
-/// close the first (or let it end) before opening the next.
+/// Refuses while another window is open (checked again under the store's window lock, so of
+/// two concurrent opens exactly one succeeds): two plans at once are one too many to reason
+/// about; close the first (or let it end) before opening the next.
 pub fn open(
     store: &dyn KeyStore,
     req: &OpenWindow,
@@ -103,7 +104,7 @@ pub fn open(
     let d = req.duration_secs;
     if !d.is_finite() || !(MIN_WINDOW_SECS..=MAX_WINDOW_SECS).contains(&d) {
         return Err(Error::InvalidInput(format!(
-            "a change window lasts from {} s to {} days; got {d} s (use --for with a duration such as 2h)",
+            "a change window lasts from {} s to {} days; got {d} s (give a duration such as 2h)",
             MIN_WINDOW_SECS,
             MAX_WINDOW_SECS / 86_400.0
         )));
@@ -147,8 +148,8 @@ pub fn close(
         .with("reason", reason)
         .with("opened_at", w.opened_at)
         .with("scheduled_end", w.expires_at);
-    store.set_change_window(actor, now, None, draft)?;
-    Ok(Some(w))
+    // Another process may have closed it since the check: then nothing was written.
+    Ok(store.set_change_window(actor, now, None, draft)?.map(|_| w))
 }
 
 /// The window open at `now`, if any.

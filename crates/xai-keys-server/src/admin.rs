@@ -705,60 +705,6 @@ pub async fn events(
     .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn obj(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        }
-    }
-
-    #[test]
-    fn issue_fields_are_strict() {
-        assert!(opt_bool(&obj(json!({"permanent": "false"})), "permanent").is_err());
-        assert_eq!(
-            opt_bool(&obj(json!({"permanent": false})), "permanent").unwrap(),
-            Some(false)
-        );
-        assert!(opt_positive(&obj(json!({"expires_in_days": "inf"})), "expires_in_days").is_err());
-        assert!(opt_positive(&obj(json!({"expires_in_days": "nan"})), "expires_in_days").is_err());
-        assert!(opt_positive(&obj(json!({"expires_in_days": 0})), "expires_in_days").is_err());
-        assert!(opt_positive(&obj(json!({"expires_in_days": [1]})), "expires_in_days").is_err());
-        assert_eq!(
-            opt_positive(&obj(json!({"expires_in_days": "2.5"})), "expires_in_days").unwrap(),
-            Some(2.5)
-        );
-        assert!(ttl_from(&obj(json!({"permanent": true, "expires_in_days": 1}))).is_err());
-        assert!(ttl_from(&obj(json!({"expires_in_hours": 1e-300}))).is_err());
-        assert!(scope_from(&obj(json!({"scope": "root"}))).is_err());
-        assert_eq!(
-            scope_from(&obj(json!({"scope": " ADMIN "}))).unwrap(),
-            Some(Scope::Admin)
-        );
-        assert_eq!(scope_from(&obj(json!({"scope": ""}))).unwrap(), None);
-        assert!(only_fields(&obj(json!({"lable": "x"})), &["label"]).is_err());
-    }
-
-    #[test]
-    fn durations_and_queries() {
-        assert_eq!(duration_secs("g", "15m").unwrap(), 900.0);
-        assert_eq!(duration_secs("g", "30").unwrap(), 30.0);
-        assert!(duration_secs("g", "-1").is_err());
-        assert!(duration_secs("g", "soon").is_err());
-        assert!(query_map(Some("limit=1&limit=2"), &["limit"]).is_err());
-        assert!(query_map(Some("lmit=1"), &["limit"]).is_err());
-        assert_eq!(
-            query_map(Some("limit=5&api_key=x"), &["limit"])
-                .unwrap()
-                .len(),
-            1
-        );
-    }
-}
-
 // ---- change windows ----
 
 pub async fn window_status(State(st): State<AppState>) -> Result<Response, ApiError> {
@@ -884,4 +830,58 @@ pub async fn window_close(
     .await;
     record(&st, "window_close", &r);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn issue_fields_are_strict() {
+        assert!(opt_bool(&obj(json!({"permanent": "false"})), "permanent").is_err());
+        assert_eq!(
+            opt_bool(&obj(json!({"permanent": false})), "permanent").unwrap(),
+            Some(false)
+        );
+        assert!(opt_positive(&obj(json!({"expires_in_days": "inf"})), "expires_in_days").is_err());
+        assert!(opt_positive(&obj(json!({"expires_in_days": "nan"})), "expires_in_days").is_err());
+        assert!(opt_positive(&obj(json!({"expires_in_days": 0})), "expires_in_days").is_err());
+        assert!(opt_positive(&obj(json!({"expires_in_days": [1]})), "expires_in_days").is_err());
+        assert_eq!(
+            opt_positive(&obj(json!({"expires_in_days": "2.5"})), "expires_in_days").unwrap(),
+            Some(2.5)
+        );
+        assert!(ttl_from(&obj(json!({"permanent": true, "expires_in_days": 1}))).is_err());
+        assert!(ttl_from(&obj(json!({"expires_in_hours": 1e-300}))).is_err());
+        assert!(scope_from(&obj(json!({"scope": "root"}))).is_err());
+        assert_eq!(
+            scope_from(&obj(json!({"scope": " ADMIN "}))).unwrap(),
+            Some(Scope::Admin)
+        );
+        assert_eq!(scope_from(&obj(json!({"scope": ""}))).unwrap(), None);
+        assert!(only_fields(&obj(json!({"lable": "x"})), &["label"]).is_err());
+    }
+
+    #[test]
+    fn durations_and_queries() {
+        assert_eq!(duration_secs("g", "15m").unwrap(), 900.0);
+        assert_eq!(duration_secs("g", "30").unwrap(), 30.0);
+        assert!(duration_secs("g", "-1").is_err());
+        assert!(duration_secs("g", "soon").is_err());
+        assert!(query_map(Some("limit=1&limit=2"), &["limit"]).is_err());
+        assert!(query_map(Some("lmit=1"), &["limit"]).is_err());
+        assert_eq!(
+            query_map(Some("limit=5&api_key=x"), &["limit"])
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 }

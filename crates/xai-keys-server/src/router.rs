@@ -334,6 +334,7 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
                 method = %method,
                 route = %route.template,
                 reason = d.reason(),
+                key = d.key_id().map(|k| k.fingerprint()),
                 "request refused"
             );
             if let Denial::Expired { key_id, expired_at } = &d {
@@ -446,38 +447,6 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
     resp
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_documented_route_is_an_own_route_with_its_template() {
-        for (m, p) in crate::openapi::OWN_ROUTES {
-            let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes()).unwrap();
-            let concrete = p.replace("{key_id}", "0123456789abcdef");
-            let (_, name) = own_route(&method, &concrete).unwrap_or_else(|| panic!("{m} {p}"));
-            assert_eq!(name, *p);
-        }
-        assert!(own_route(&Method::GET, "/admin/peers").is_none());
-        assert!(own_route(&Method::POST, "/send").is_none());
-    }
-
-    #[test]
-    fn keys_pasted_into_paths_are_redacted_in_logs() {
-        let k = "xai_m7sps0WHw9NlG6jX2ibw90RBCIxH6CBC817YbIbZ1ET2qHnjs";
-        assert_eq!(
-            loggable_path(&format!("/admin/api-keys/{k}/rotate")),
-            "/admin/api-keys/<redacted>/rotate"
-        );
-        assert_eq!(loggable_path("/send"), "/send");
-        assert_eq!(loggable_path("/"), "/");
-        assert_eq!(
-            loggable_path(&format!("/x/{}", "a".repeat(65))),
-            "/x/<redacted>"
-        );
-    }
-}
-
 /// A refused authentication, for its security event.
 struct AuthFailure<'a> {
     client: IpAddr,
@@ -522,4 +491,36 @@ fn rate_limit_event(st: &AppState, limiter: &'static str, client: IpAddr, route:
         now,
         json!({"limiter": limiter, "client": client.to_string(), "route": route}),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_route_is_an_own_route_with_its_template() {
+        for (m, p) in crate::openapi::OWN_ROUTES {
+            let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes()).unwrap();
+            let concrete = p.replace("{key_id}", "0123456789abcdef");
+            let (_, name) = own_route(&method, &concrete).unwrap_or_else(|| panic!("{m} {p}"));
+            assert_eq!(name, *p);
+        }
+        assert!(own_route(&Method::GET, "/admin/peers").is_none());
+        assert!(own_route(&Method::POST, "/send").is_none());
+    }
+
+    #[test]
+    fn keys_pasted_into_paths_are_redacted_in_logs() {
+        let k = "xai_m7sps0WHw9NlG6jX2ibw90RBCIxH6CBC817YbIbZ1ET2qHnjs";
+        assert_eq!(
+            loggable_path(&format!("/admin/api-keys/{k}/rotate")),
+            "/admin/api-keys/<redacted>/rotate"
+        );
+        assert_eq!(loggable_path("/send"), "/send");
+        assert_eq!(loggable_path("/"), "/");
+        assert_eq!(
+            loggable_path(&format!("/x/{}", "a".repeat(65))),
+            "/x/<redacted>"
+        );
+    }
 }

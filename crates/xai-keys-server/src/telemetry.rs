@@ -212,7 +212,7 @@ impl Emitter {
                 self.metrics.event_dropped("backpressure");
                 // Logged at the first drop and then every 1000th, not per event.
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed);
-                if n % 1000 == 0 {
+                if n.is_multiple_of(1000) {
                     tracing::warn!(
                         event_type = ev.event_type,
                         dropped = n + 1,
@@ -711,25 +711,38 @@ impl Pipeline {
             .collect();
         let queued = !for_sinks.is_empty() && !self.sinks.is_empty();
         let now = (self.clock)();
+        let appended = if self.sinks.is_empty() {
+            0
+        } else {
+            for_sinks.len()
+        };
         let res = {
             let mut q = relock(&self.queue);
+            let before: Vec<usize> = self.sinks.iter().map(|s| q.depth(&s.cfg.id)).collect();
             let r = q.append(for_sinks, Some(cursor.clone()), now);
+            // What each sink lost to the capacity limit: its depth did not grow by what was
+            // appended (the queue evicts the oldest events, whichever sinks still wanted them).
+            let lost: Vec<usize> = self
+                .sinks
+                .iter()
+                .zip(&before)
+                .map(|(s, b)| (b + appended).saturating_sub(q.depth(&s.cfg.id)))
+                .collect();
             if r.is_ok() {
                 for s in &self.sinks {
                     s.refresh(&q);
                 }
             }
-            r
+            r.map(|o| (o, lost))
         };
         match res {
-            Ok(outcome) => {
+            Ok((outcome, lost)) => {
                 if outcome.dead_lettered > 0 {
-                    for s in &self.sinks {
-                        self.metrics.webhook_dead_lettered(
-                            &s.cfg.id,
-                            "queue_full",
-                            outcome.dead_lettered as u64,
-                        );
+                    for (s, n) in self.sinks.iter().zip(lost) {
+                        if n > 0 {
+                            self.metrics
+                                .webhook_dead_lettered(&s.cfg.id, "queue_full", n as u64);
+                        }
                     }
                     tracing::error!(
                         events = outcome.dead_lettered,

@@ -68,6 +68,10 @@ fn print_info(cfg: &Config, verb: &str, k: &KeyInfo, now: f64) -> Result<()> {
         if let Some(o) = v.as_object_mut() {
             o.insert("key_id".into(), k.key_id.as_str().into());
             o.insert(verb.into(), true.into());
+            if verb == "revoked" {
+                // The record is as it was before its deletion; the key itself is gone.
+                o.insert("state".into(), "revoked".into());
+            }
         }
         return output::json_line(&v);
     }
@@ -91,7 +95,7 @@ fn manage<T>(
     let res = op(&mgr, &Actor::current_cli_user(), now);
     output::warnings(&mgr.take_warnings());
     let res = res?;
-    if cfg.require_change_window {
+    if cfg.require_change_window && mgr.lines_written() > 0 {
         crate::commands::window::warn_if_outside(&store, now);
     }
     Ok(res)

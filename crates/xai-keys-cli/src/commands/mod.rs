@@ -7,6 +7,7 @@ use crate::args::Command;
 use crate::config::Config;
 
 mod backup;
+mod dead_letters;
 mod events;
 mod keys;
 mod serve;
@@ -31,5 +32,6 @@ pub fn run(cmd: Command, cfg: &Config) -> Result<bool> {
         Command::Restore(a) => backup::restore(a, cfg),
         Command::Serve(a) => serve::serve(a, cfg),
         Command::Window(w) => window::window(w, cfg),
+        Command::DeadLetters(a) => dead_letters::dead_letters(a, cfg),
     }
 }

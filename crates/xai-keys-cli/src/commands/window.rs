@@ -94,7 +94,7 @@ fn show(cfg: &Config, what: &str, w: Option<&ChangeWindow>, now: f64) -> Result<
             clean(&w.ticket),
             fmt_time(Some(w.expires_at))
         ))?,
-        (_, None) => output::line("closed: no change window has been opened")?,
+        (_, None) => output::line("closed: no change window is open")?,
     }
     if what == "status" {
         output::line(format!(

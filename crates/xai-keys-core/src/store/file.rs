@@ -1137,15 +1137,37 @@ impl KeyStore for FileStore {
 
     /// The audit line is the record; the window file is what readers consult. A close removes
     /// the file before its line is written and an open writes it after, so a crash in between
-    /// can only leave the window closed, never open without its `window_open` line.
+    /// can only leave the window closed, never open without its `window_open` line. Opens and
+    /// closes are serialised by `<store>.window.lock`, held from the check to the file write,
+    /// so two concurrent opens cannot both succeed.
     fn set_change_window(
         &self,
         actor: &Actor,
         now: f64,
         window: Option<&crate::window::ChangeWindow>,
         draft: AuditDraft,
-    ) -> Result<CommitInfo> {
-        check_all(&[&self.dir, &self.window], &mut Vec::new())?;
+    ) -> Result<Option<CommitInfo>> {
+        let lock_path = sibling(&self.store, ".window.lock");
+        check_all(&[&self.dir, &self.window, &lock_path], &mut Vec::new())?;
+        fsutil::ensure_dir(&self.dir)?;
+        let _lock = fsutil::lock_exclusive(
+            &lock_path,
+            fsutil::owner_to_keep(&[&self.store, &self.dir])?,
+            self.opts.lock_timeout,
+            LOCK_WAIT_NOTICE,
+            self.opts.on_lock_wait,
+        )?;
+        let current = self.change_window()?.filter(|w| w.is_open(now));
+        match (window, current) {
+            (Some(_), Some(open)) => {
+                return Err(Error::WindowOpen {
+                    ticket: open.ticket,
+                    expires_at: open.expires_at,
+                });
+            }
+            (None, None) => return Ok(None),
+            _ => {}
+        }
         if window.is_none() {
             match fs::remove_file(&self.window) {
                 Ok(()) => {
@@ -1185,7 +1207,7 @@ impl KeyStore for FileStore {
                 fsutil::sync_dir(&self.dir)?;
             }
         }
-        Ok(info)
+        Ok(Some(info))
     }
 }
 

@@ -196,7 +196,9 @@ pub trait KeyStore: Send + Sync {
     /// The change window as last recorded, open or not (check [`ChangeWindow::is_open`]).
     fn change_window(&self) -> Result<Option<ChangeWindow>>;
 
-    /// Records `window` (`Some`: opened, `None`: closed) together with its audit line `draft`.
+    /// Records `window` (`Some`: opened, `None`: closed) together with its audit line `draft`,
+    /// serialised with every other open and close. Opening while a window is open at `now` is
+    /// [`crate::Error::WindowOpen`]; closing when none is open writes nothing (`Ok(None)`).
     /// Use [`crate::window::open`] and [`crate::window::close`], which validate first.
     fn set_change_window(
         &self,
@@ -204,5 +206,5 @@ pub trait KeyStore: Send + Sync {
         now: f64,
         window: Option<&ChangeWindow>,
         draft: AuditDraft,
-    ) -> Result<CommitInfo>;
+    ) -> Result<Option<CommitInfo>>;
 }

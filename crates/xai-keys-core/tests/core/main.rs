@@ -12,5 +12,5 @@ mod restore;
 mod review;
 mod threads;
 mod usage;
-mod window;
 mod ux;
+mod window;

@@ -317,6 +317,14 @@ fn lock(q: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
     }
 }
 
+/// Whether an event is a notice about webhook delivery itself.
+fn is_webhook_notice(event: &Value) -> bool {
+    matches!(
+        event.get("event_type").and_then(Value::as_str),
+        Some("webhook_delivery_failure" | "webhook_dead_lettered")
+    )
+}
+
 /// Builds the HTTP client shared by the workers (rustls, no redirects: a webhook answering
 /// with a redirect is misconfigured, and following it would send the token elsewhere).
 pub fn client(cfg: &WebhookConfig) -> Result<reqwest::Client, String> {
@@ -363,36 +371,21 @@ impl Worker {
                 continue;
             };
             let now = (self.clock)();
+            // Notices about webhook trouble are delivered like any event (after an outage the
+            // sink learns of it), but one that expires makes no further notice: a dead sink
+            // would otherwise keep producing notices about its own dead letters.
+            let about_webhooks = is_webhook_notice(&ev.event);
             if now - ev.accepted_at > self.cfg.max_age.as_secs_f64() {
-                self.dead_letter(ev.seq, now).await;
+                self.dead_letter(ev.seq, now, about_webhooks).await;
                 attempt = 0;
                 continue;
             }
             match self.deliver(&ev.event).await {
                 Ok(()) => {
                     self.metrics.webhook_delivery(&id, "success");
-                    let q = self.queue.clone();
-                    let sink = self.sink.clone();
-                    let seq = ev.seq;
-                    let acked = tokio::task::spawn_blocking(move || {
-                        let mut g = lock(&q);
-                        let r = g.ack(&sink.cfg.id, &[seq]);
-                        sink.refresh(&g);
-                        r
-                    })
-                    .await;
-                    match acked {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            // Delivered but not recorded: it will be sent again (at least once).
-                            tracing::error!(sink = %id, error = %e, "cannot record a webhook delivery in the queue");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        Err(e) => {
-                            tracing::error!(sink = %id, error = %e, "webhook ack task failed")
-                        }
-                    }
-                    if attempt > 0 || self.sink.failing.swap(false, Ordering::Relaxed) {
+                    self.ack(ev.seq).await;
+                    let was_failing = self.sink.failing.swap(false, Ordering::Relaxed);
+                    if attempt > 0 || was_failing {
                         tracing::info!(sink = %id, host = %self.sink.cfg.host, "webhook sink delivering again");
                     }
                     attempt = 0;
@@ -419,7 +412,33 @@ impl Worker {
         }
     }
 
-    async fn dead_letter(&self, seq: u64, now: f64) {
+    /// Records a delivery (or a skip) in the queue.
+    async fn ack(&self, seq: u64) {
+        let q = self.queue.clone();
+        let sink = self.sink.clone();
+        let acked = tokio::task::spawn_blocking(move || {
+            let mut g = lock(&q);
+            let r = g.ack(&sink.cfg.id, &[seq]);
+            sink.refresh(&g);
+            r
+        })
+        .await;
+        let id = &self.sink.cfg.id;
+        match acked {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // Delivered but not recorded: it will be sent again (at least once).
+                tracing::error!(sink = %id, error = %e, "cannot record a webhook delivery in the queue");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => tracing::error!(sink = %id, error = %e, "webhook ack task failed"),
+        }
+    }
+
+    /// Moves an expired event to the dead-letter file. A notice goes to the other sinks, at
+    /// most one a minute per sink (the next one counts the rest), and never for a notice that
+    /// was itself about webhook trouble (two dead sinks would otherwise feed each other).
+    async fn dead_letter(&self, seq: u64, now: f64, about_webhooks: bool) {
         let q = self.queue.clone();
         let sink = self.sink.clone();
         let r = tokio::task::spawn_blocking(move || {
@@ -434,12 +453,15 @@ impl Worker {
             Ok(Ok(path)) => {
                 self.metrics.webhook_dead_lettered(id, "max_age", 1);
                 tracing::error!(sink = %id, seq, file = %path.display(), "webhook event older than XAI_SECURITY_WEBHOOK_MAX_AGE moved to the dead-letter file");
-                self.emit.emit_event(
-                    "webhook_dead_lettered",
-                    Severity::Warning,
-                    now,
-                    json!({"sink": id, "host": self.sink.cfg.host, "reason": "max_age", "count": 1}),
-                );
+                if !about_webhooks {
+                    self.emit.emit_throttled(
+                        &format!("webhook_dead_lettered|{id}"),
+                        "webhook_dead_lettered",
+                        Severity::Warning,
+                        now,
+                        json!({"sink": id, "host": self.sink.cfg.host, "reason": "max_age", "max_age_seconds": self.cfg.max_age.as_secs_f64()}),
+                    );
+                }
             }
             Ok(Err(e)) => {
                 tracing::error!(sink = %id, error = %e, "cannot dead-letter a webhook event; it stays queued");

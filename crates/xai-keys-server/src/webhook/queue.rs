@@ -716,7 +716,7 @@ struct DeadOut<'a> {
 }
 
 /// One line of the dead-letter file, as [`read_dead_letters`] returns it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub seq: u64,
     pub sink: String,

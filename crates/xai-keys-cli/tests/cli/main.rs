@@ -8,6 +8,7 @@ mod crash;
 mod diskfull;
 mod fixtures;
 mod operator;
+mod runbook;
 mod serve;
 mod smoke;
 mod telemetry;

@@ -19,7 +19,6 @@ use crate::common::*;
 struct Sink {
     addr: SocketAddr,
     bodies: Arc<Mutex<Vec<Value>>>,
-    down: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -30,7 +29,7 @@ impl Sink {
         let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
         let down = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (b, d, s) = (bodies.clone(), down.clone(), stop.clone());
+        let (b, d, s) = (bodies.clone(), down, stop.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -42,12 +41,7 @@ impl Sink {
                 }
             }
         });
-        Sink {
-            addr,
-            bodies,
-            down,
-            stop,
-        }
+        Sink { addr, bodies, stop }
     }
 
     fn start() -> Sink {
@@ -234,14 +228,21 @@ fn sigkill_loses_no_queued_event_and_a_restart_replays_no_emitted_line() {
     }
     env.ok(&["revoke", &ids[0]]);
     env.ok(&["disable", &ids[1]]);
-    // Emitted (logged) means queued: the log line is written after the queue append.
+    // Every audit line so far (the bootstrapped admin key's included) is emitted before the
+    // kill. Emitted (logged) means queued: the log line is written after the queue append.
+    let lines = env
+        .ok(&["events", "--limit", "100"])
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(lines, 7);
     let emitted = poll(Duration::from_secs(5), || {
         let ids = audit_ids(&event_lines(&log_a));
-        (ids.len() >= 6).then_some(ids)
+        (ids.len() >= lines).then_some(ids)
     })
     .unwrap_or_else(|| {
         panic!(
-            "first run did not emit 6 audit events: {:#?}",
+            "first run did not emit {lines} audit events: {:#?}",
             event_lines(&log_a)
         )
     });
@@ -418,4 +419,51 @@ fn change_windows_are_audited_and_mark_the_actions_inside_them() {
     assert!(outside_line.get("change_window").is_none());
     let (code, report) = env.verify();
     assert_eq!(code, 0, "{report}");
+}
+
+#[test]
+fn events_a_dead_sink_never_took_are_dead_lettered_and_readable_with_the_cli() {
+    let env = Env::new();
+    let reserved = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", reserved.local_addr().unwrap());
+    drop(reserved);
+    let key = "c3".repeat(32);
+    let mut v = vars("off", &url);
+    v.push(("XAI_SECURITY_WEBHOOK_MAX_AGE", "1"));
+    v.push(("XAI_SECURITY_WEBHOOK_QUEUE_KEY", &key));
+    let gw = env.serve(&[], &v);
+    let (_, id) = env.issue("user", "never-delivered");
+    let dead = poll(Duration::from_secs(8), || {
+        let out = env
+            .cmd()
+            .env("XAI_SECURITY_WEBHOOK_QUEUE_KEY", &key)
+            .arg("dead-letters")
+            .output()
+            .unwrap();
+        assert_exit(&out, 0, &["dead-letters"]);
+        let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
+        lines
+            .iter()
+            .any(|l| l["event"]["details"]["key_id"] == id.as_str())
+            .then_some(lines)
+    })
+    .expect("the undeliverable issue event in the dead letters");
+    let l = dead
+        .iter()
+        .find(|l| l["event"]["details"]["key_id"] == id.as_str())
+        .unwrap();
+    assert_eq!(l["reason"], "max_age");
+    assert_eq!(l["event"]["event_type"], "api_key_audit");
+    // Encrypted at rest: without the key the file cannot be read, and the error says so.
+    let err = env.fails(&["dead-letters"], 1);
+    assert!(err.contains("XAI_SECURITY_WEBHOOK_QUEUE_KEY"), "{err}");
+    let metrics = gw.get("/metrics", &[]).text();
+    assert!(
+        metrics.lines().any(
+            |m| m.starts_with("xai_security_webhook_dead_lettered_total{")
+                && m.contains("reason=\"max_age\"")
+                && !m.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
 }

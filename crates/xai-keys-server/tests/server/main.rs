@@ -1,6 +1,7 @@
 //! The gateway's integration tests: the admin key API, authentication and the route policy,
 //! rate limits, proxying over real sockets, store reloads (the CLI in "another process"),
-//! store problems while running, last-use tracking, bootstrap and metrics.
+//! store problems while running, last-use tracking, bootstrap, metrics and security telemetry
+//! (events, change windows, webhook delivery).
 //!
 //! In-process tests drive `Gateway::router()` with `tower::ServiceExt::oneshot` and an injected
 //! clock; real-socket tests serve `Gateway::run` on 127.0.0.1 in front of a recording upstream.
@@ -9,6 +10,7 @@
 
 mod admin_api;
 mod admin_input;
+mod assets;
 mod auth_policy;
 mod bootstrap;
 mod common;
@@ -17,4 +19,5 @@ mod metrics;
 mod proxy;
 mod reload;
 mod store_health;
+mod telemetry;
 mod usage_limits;

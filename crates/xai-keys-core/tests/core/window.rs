@@ -1,31 +1,13 @@
 //! Change windows against a real file store: the window file, its audit lines, the ticket on
 //! lifecycle lines, and that a bad window file never blocks a change.
 
-use xai_keys_core::Scope;
-use xai_keys_core::ops::{IssueRequest, KeyManager};
-use xai_keys_core::policy::TtlRequest;
+use xai_keys_core::ops::KeyManager;
 use xai_keys_core::store::KeyStore;
 use xai_keys_core::window::{self, OpenWindow};
 
 use crate::common::*;
 
 const T0: f64 = 1_800_000_000.0;
-
-fn issue(mgr: &KeyManager<'_>, label: &str, now: f64) -> xai_keys_core::KeyId {
-    mgr.issue(
-        IssueRequest {
-            scope: Scope::User,
-            label: label.into(),
-            ttl: TtlRequest::Default,
-            secret: None,
-        },
-        &actor(),
-        now,
-    )
-    .unwrap()
-    .info
-    .key_id
-}
 
 #[test]
 fn a_window_marks_the_lines_written_while_it_is_open_and_expires_on_its_own() {
@@ -118,7 +100,7 @@ fn a_corrupt_window_file_never_blocks_a_change() {
     assert_eq!(e.code(), "corrupt_window");
     assert!(e.to_string().contains("rm "), "{e}");
     // The emergency revoke goes ahead, recorded as outside a window, with a warning.
-    mgr.revoke(id.as_str(), None, &actor(), T0 + 1.0).unwrap();
+    mgr.revoke(&id, None, &actor(), T0 + 1.0).unwrap();
     let warnings = mgr.take_warnings();
     assert!(
         warnings.iter().any(|w| w.contains("change window unknown")),

@@ -695,6 +695,58 @@ pub fn matches(obj: &AuditEvent, q: &EventQuery) -> bool {
     true
 }
 
+/// A saved follow position: where a follower stopped, the identity of the file it read, and
+/// the `hash` of the last chained line before `offset` (when that line was chained).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowFrom {
+    pub offset: u64,
+    pub file_id: Option<(u64, u64)>,
+    pub last_hash: Option<String>,
+}
+
+/// The identity to resume `from` with on the log at `path`: the saved one, or the current
+/// file's when the identity changed but the line ending at `from.offset` is the same line
+/// (its `hash` equals `from.last_hash`). A follower given an identity that differs from the
+/// file's reads the file from its start.
+pub fn resume_identity(path: &Path, from: &FollowFrom) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(mut f) = File::open(path) else {
+        return from.file_id;
+    };
+    let Ok(meta) = f.metadata() else {
+        return from.file_id;
+    };
+    let current = (meta.dev(), meta.ino());
+    if from.file_id.is_none_or(|id| id == current) {
+        return from.file_id;
+    }
+    let Some(want) = from.last_hash.as_deref() else {
+        return from.file_id;
+    };
+    if from.offset == 0 || from.offset > meta.len() {
+        return from.file_id;
+    }
+    // The last line before the offset: at most MAX_LINE_BYTES back.
+    let start = from.offset.saturating_sub(MAX_LINE_BYTES as u64 + 1);
+    let mut buf = vec![0u8; (from.offset - start) as usize];
+    if f.seek(SeekFrom::Start(start)).is_err() || f.read_exact(&mut buf).is_err() {
+        return from.file_id;
+    }
+    if buf.last() != Some(&b'\n') {
+        return from.file_id;
+    }
+    let body = &buf[..buf.len() - 1];
+    let line = match body.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &body[i + 1..],
+        None if start == 0 => body,
+        None => return from.file_id,
+    };
+    match serde_json::from_slice::<AuditEvent>(line) {
+        Ok(obj) if str_field(&obj, "hash") == Some(want) => Some(current),
+        _ => from.file_id,
+    }
+}
+
 /// Follows the log from a byte offset: new complete lines, surviving truncation and replacement.
 ///
 /// Start it from [`EventPage::end_offset`] and [`EventPage::file_id`] of a tail read and no line

@@ -183,6 +183,37 @@ const AUDIT_DETAIL_FIELDS: &[&str] = &[
     "keys",
 ];
 
+/// Deepest nesting of a detail value copied from an audit line.
+pub const MAX_DETAIL_DEPTH: usize = 8;
+/// Largest detail value copied from an audit line (bytes of compact JSON).
+pub const MAX_DETAIL_BYTES: usize = 16 * 1024;
+
+/// A detail value as copied into an event: values nested deeper than [`MAX_DETAIL_DEPTH`] or
+/// larger than [`MAX_DETAIL_BYTES`] (a line another tool wrote) are replaced by a note, so that
+/// one odd line cannot make an event that a queue, a webhook or a log shipper refuses.
+pub fn bounded(v: &Value) -> Value {
+    fn depth(v: &Value) -> usize {
+        match v {
+            Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+            Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    if depth(v) > MAX_DETAIL_DEPTH {
+        return Value::String(format!(
+            "(omitted: nested deeper than {MAX_DETAIL_DEPTH} levels; see the audit log)"
+        ));
+    }
+    if matches!(v, Value::Array(_) | Value::Object(_) | Value::String(_))
+        && v.to_string().len() > MAX_DETAIL_BYTES
+    {
+        return Value::String(format!(
+            "(omitted: larger than {MAX_DETAIL_BYTES} bytes; see the audit log)"
+        ));
+    }
+    v.clone()
+}
+
 /// The event id of an audit line: from its chain hash, else from its canonical JSON.
 pub fn audit_event_id(line: &AuditEvent) -> String {
     if let Some(h) = str_field(line, "hash").filter(|h| h.len() >= 32) {
@@ -210,7 +241,7 @@ pub fn from_audit_line(line: &AuditEvent, window_required: bool) -> SecurityEven
     let mut details = Map::new();
     for f in AUDIT_DETAIL_FIELDS {
         if let Some(v) = line.get(*f) {
-            details.insert((*f).to_string(), v.clone());
+            details.insert((*f).to_string(), bounded(v));
         }
     }
     details.insert(
@@ -321,6 +352,33 @@ mod tests {
         assert_eq!(e.action(), Some("revoke"));
         let back = SecurityEvent::from_json(&e.to_json()).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn deep_or_huge_details_are_replaced_by_a_note() {
+        let mut deep = json!(1);
+        for _ in 0..70 {
+            deep = json!([deep]);
+        }
+        let e = from_audit_line(
+            &line(
+                json!({"action":"restore","detail": deep, "dropped_keys": ["a".repeat(20_000)], "keys": 3}),
+            ),
+            false,
+        );
+        assert!(
+            e.details["detail"]
+                .as_str()
+                .unwrap()
+                .contains("nested deeper")
+        );
+        assert!(
+            e.details["dropped_keys"]
+                .as_str()
+                .unwrap()
+                .contains("larger than")
+        );
+        assert_eq!(e.details["keys"], 3);
     }
 
     #[test]

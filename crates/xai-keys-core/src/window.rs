@@ -74,6 +74,24 @@ pub struct OpenWindow {
     pub duration_secs: f64,
 }
 
+/// Checks a window read back from storage: only what [`open`] can write is accepted (a ticket,
+/// a start before the end, a length within [`MAX_WINDOW_SECS`]). The message says what is wrong.
+pub fn check_recorded(w: &ChangeWindow) -> std::result::Result<(), String> {
+    if check_ticket(&w.ticket).is_err() {
+        return Err("its ticket is empty or not a single line of text".into());
+    }
+    let len = w.expires_at - w.opened_at;
+    if !w.opened_at.is_finite() || !len.is_finite() || len <= 0.0 || len > MAX_WINDOW_SECS + 1.0 {
+        return Err(format!(
+            "it claims a window from {} to {}, which `xai-keys window open` cannot write (at most {} days)",
+            w.opened_at,
+            w.expires_at,
+            MAX_WINDOW_SECS / 86_400.0
+        ));
+    }
+    Ok(())
+}
+
 /// Validates a ticket: non-empty, single line, bounded.
 pub fn check_ticket(ticket: &str) -> Result<String> {
     let t = check_text(TextField::Ticket, ticket)?;

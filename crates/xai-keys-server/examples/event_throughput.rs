@@ -62,6 +62,7 @@ fn audit_events_counted(m: &Metrics, idx: &Arc<IndexHandle>) -> u64 {
         window: None,
         window_required: false,
         audit_chain_ok: true,
+        uncommitted: 0,
         now: 0.0,
     });
     text.lines()

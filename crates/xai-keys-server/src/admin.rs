@@ -359,6 +359,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         window: st.telemetry.window(),
         window_required: st.telemetry.window_required(),
         audit_chain_ok: st.telemetry.audit_chain_ok(),
+        uncommitted: st.telemetry.uncommitted(),
         now,
     });
     (

@@ -91,6 +91,8 @@ pub struct ScrapeInputs<'a> {
     pub window: Option<(bool, f64)>,
     pub window_required: bool,
     pub audit_chain_ok: bool,
+    /// Events read but not yet queued.
+    pub uncommitted: usize,
     pub now: f64,
 }
 
@@ -145,6 +147,8 @@ pub struct Metrics {
     webhook_deliveries: Family<OwnedLabels, Counter>,
     webhook_dead: Family<OwnedLabels, Counter>,
     webhook_info: Family<OwnedLabels, Gauge>,
+    queue_write_failures: Counter,
+    uncommitted: Gauge,
 }
 
 impl Default for Metrics {
@@ -344,6 +348,18 @@ impl Metrics {
             "Configured webhook sinks: id and host (the URL's path is never exported)",
             webhook_info.clone(),
         );
+        let queue_write_failures = Counter::default();
+        r.register(
+            "xai_security_event_queue_write_failures",
+            "Failed appends to the security event queue (disk full, read-only): events are held in memory, not counted or logged, until one succeeds",
+            queue_write_failures.clone(),
+        );
+        let uncommitted = Gauge::default();
+        r.register(
+            "xai_security_events_uncommitted",
+            "Security events read but not yet in the queue (non-zero only while the queue cannot be written)",
+            uncommitted.clone(),
+        );
         // Series exist from the start at zero: `increase()` in an alert rule cannot see the
         // first event of a series that appears with it.
         for t in xai_keys_core::events::EVENT_TYPES {
@@ -373,8 +389,11 @@ impl Metrics {
             }
         }
         let _ = events_dropped.get_or_create(&[("reason", "backpressure")]);
+        let _ = events_dropped.get_or_create(&[("reason", "invalid")]);
         audit_chain_ok.set(1);
         Metrics {
+            queue_write_failures,
+            uncommitted,
             enabled,
             events,
             events_warning,
@@ -495,6 +514,11 @@ impl Metrics {
         }
     }
 
+    /// An append to the event queue failed.
+    pub fn event_queue_write_failed(&self) {
+        self.queue_write_failures.inc();
+    }
+
     /// A gateway-side event that could not be queued.
     pub fn event_dropped(&self, reason: &'static str) {
         self.events_dropped
@@ -546,6 +570,8 @@ impl Metrics {
             self.window_expiry.set(if open { expiry } else { 0.0 });
         }
         self.audit_chain_ok.set(flag(inp.audit_chain_ok));
+        self.uncommitted
+            .set(i64::try_from(inp.uncommitted).unwrap_or(i64::MAX));
         for s in inp.sinks {
             let l = vec![("sink", s.id.clone())];
             self.webhook_depth
@@ -563,7 +589,7 @@ impl Metrics {
                     ("result", result.to_string()),
                 ]);
             }
-            for reason in ["max_age", "queue_full", "sink_removed"] {
+            for reason in ["max_age", "queue_full", "sink_removed", "rejected"] {
                 let _ = self.webhook_dead.get_or_create(&vec![
                     ("sink", s.id.clone()),
                     ("reason", reason.to_string()),

@@ -458,16 +458,19 @@ struct AuthFailure<'a> {
     now: f64,
 }
 
-/// `api_admin_auth_failure` on admin routes, `api_auth_failure` elsewhere; throttled per
-/// client and reason so that one client hammering the gateway makes one event a minute.
+/// `api_admin_auth_failure` on admin routes, `peer_auth_failure` on peer routes,
+/// `api_auth_failure` elsewhere; throttled per client and reason so that one client hammering
+/// the gateway makes one event a minute.
 fn auth_event(st: &AppState, f: &AuthFailure<'_>) {
-    let event_type = if f.class == "admin" {
-        "api_admin_auth_failure"
-    } else {
-        "api_auth_failure"
+    let event_type = match f.class {
+        "admin" => "api_admin_auth_failure",
+        "peer" => "peer_auth_failure",
+        _ => "api_auth_failure",
     };
+    // Throttled per address bucket (an IPv6 client per /64, as the limiters count it), so
+    // rotating addresses inside one network does not multiply the events.
     st.telemetry.emitter.emit_throttled(
-        &format!("{event_type}|{}|{}", f.client, f.reason),
+        &format!("{event_type}|{}|{}", client_bucket(f.client), f.reason),
         event_type,
         Severity::Warning,
         f.now,
@@ -485,7 +488,7 @@ fn auth_event(st: &AppState, f: &AuthFailure<'_>) {
 /// `api_rate_limited`, once a minute per limiter and client.
 fn rate_limit_event(st: &AppState, limiter: &'static str, client: IpAddr, route: &str, now: f64) {
     st.telemetry.emitter.emit_throttled(
-        &format!("rate|{limiter}|{client}"),
+        &format!("rate|{limiter}|{}", client_bucket(client)),
         "api_rate_limited",
         Severity::Warning,
         now,

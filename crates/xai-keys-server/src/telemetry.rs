@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use xai_keys_core::audit::{LogFollower, is_chained, str_field};
+use xai_keys_core::audit::{FollowFrom, LogFollower, is_chained, str_field};
 use xai_keys_core::events::{EVENT_TYPES, SecurityEvent, Severity, from_audit_line};
 use xai_keys_core::store::KeyStore;
 
@@ -40,7 +40,7 @@ use crate::Clock;
 use crate::config::ConfigError;
 use crate::metrics::{Metrics, SinkView};
 use crate::reload::IndexHandle;
-use crate::webhook::queue::{Queue, QueueKey, QueueOptions};
+use crate::webhook::queue::{Queue, QueueError, QueueKey, QueueOptions};
 use crate::webhook::{Sink, WebhookConfig, Worker};
 
 /// Gateway-side events waiting for the pipeline, at most.
@@ -272,6 +272,8 @@ impl Emitter {
 struct Status {
     window: Mutex<Option<(bool, f64)>>,
     chain_ok: AtomicBool,
+    /// Events read but not yet queued (the queue cannot be written).
+    uncommitted: std::sync::atomic::AtomicUsize,
 }
 
 /// The running telemetry: pipeline thread, queue and sinks.
@@ -336,10 +338,26 @@ impl Telemetry {
         // A new queue has no position: read the log from its start, emitting only lines of
         // the last minute (such as the admin key `serve` bootstrapped just before starting)
         // and passing over older history.
-        let skip_before = rec
+        let skip_history = match rec.cursor {
+            Some(_) => None,
+            None => {
+                let end = store
+                    .log_follower(None)
+                    .map_err(|e| format!("cannot follow the audit log: {e}"))?
+                    .offset();
+                Some(History {
+                    before: now - FRESH_START_LOOKBACK_SECS,
+                    until_offset: end,
+                    skipped: 0,
+                })
+            }
+        };
+        let chain_broken = rec
             .cursor
-            .is_none()
-            .then_some(now - FRESH_START_LOOKBACK_SECS);
+            .as_ref()
+            .and_then(|c| c.get("chain_broken"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let follower = follower_from(store.as_ref(), rec.cursor.as_ref())
             .map_err(|e| format!("cannot follow the audit log: {e}"))?;
         tracing::info!(
@@ -366,6 +384,7 @@ impl Telemetry {
         for s in &sinks {
             s.refresh(&queue);
         }
+        let queue_dead_letter_path = queue.dead_letter_path();
         let queue = Arc::new(Mutex::new(queue));
         let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_CAPACITY);
         let emitter = Emitter {
@@ -376,8 +395,24 @@ impl Telemetry {
         };
         let status = Arc::new(Status {
             window: Mutex::new(None),
-            chain_ok: AtomicBool::new(true),
+            chain_ok: AtomicBool::new(!chain_broken),
+            uncommitted: std::sync::atomic::AtomicUsize::new(0),
         });
+        if rec.dead_lettered_sink_removed > 0 {
+            // The configuration dropped a sink with events still queued for it (a rotated
+            // webhook URL counts as a new sink): the other sinks and the SOC hear of it.
+            emitter.emit_event(
+                "webhook_dead_lettered",
+                Severity::Warning,
+                now,
+                json!({
+                    "reason": "sink_removed",
+                    "count": rec.dead_lettered_sink_removed,
+                    "file": queue_dead_letter_path.display().to_string(),
+                    "remedy": "`xai-keys dead-letters` prints them",
+                }),
+            );
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let out = open_event_log(&cfg.event_log)
             .map_err(|e| format!("XAI_SECURITY_EVENT_LOG: cannot open the event log: {e}"))?;
@@ -402,7 +437,7 @@ impl Telemetry {
             last_window_check: None,
             last_cursor: None,
             last_error_log: None,
-            skip_before,
+            skip_history,
         };
         let thread = std::thread::Builder::new()
             .name("xai-keys-telemetry".into())
@@ -465,6 +500,11 @@ impl Telemetry {
         self.status.chain_ok.load(Ordering::Relaxed)
     }
 
+    /// Events read but not yet in the queue (non-zero only while the queue cannot be written).
+    pub fn uncommitted(&self) -> usize {
+        self.status.uncommitted.load(Ordering::Relaxed)
+    }
+
     /// Stops the pipeline after a final pass (blocking): events handed over before the call
     /// are queued and logged.
     pub fn stop(&self) {
@@ -491,10 +531,22 @@ fn follower_from(
             let a = f.as_array()?;
             Some((a.first()?.as_u64()?, a.get(1)?.as_u64()?))
         });
-        Some((offset, file_id))
+        let last_hash = c
+            .get("last_hash")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Some(FollowFrom {
+            offset,
+            file_id,
+            last_hash,
+        })
     });
     // No position: from the start (see `FRESH_START_LOOKBACK_SECS`).
-    store.log_follower(Some(pos.unwrap_or((0, None))))
+    store.log_follower(Some(pos.unwrap_or(FollowFrom {
+        offset: 0,
+        file_id: None,
+        last_hash: None,
+    })))
 }
 
 fn open_event_log(cfg: &EventLog) -> std::io::Result<Option<Box<dyn Write + Send>>> {
@@ -537,12 +589,36 @@ struct Pipeline {
     last_window_check: Option<Instant>,
     last_cursor: Option<Value>,
     last_error_log: Option<Instant>,
-    /// Audit lines older than this are history, passed over (a queue's first start only).
-    skip_before: Option<f64>,
+    /// On a queue's first start: the history to pass over.
+    skip_history: Option<History>,
+}
+
+/// Audit lines a new queue passes over: those before the log's end at start that are older
+/// than the lookback.
+struct History {
+    before: f64,
+    until_offset: u64,
+    skipped: u64,
 }
 
 impl Pipeline {
     fn run(mut self) {
+        // A break seen by an earlier run is kept until the log's whole chain checks out again
+        // (the log restored from a backup, say); a still-broken log keeps the gauge at 0.
+        if !self.status.chain_ok.load(Ordering::Relaxed) {
+            match self.store.check_log_chain() {
+                Ok(None) => {
+                    tracing::info!("the audit log's hash chain checks out again");
+                    self.status.chain_ok.store(true, Ordering::Relaxed);
+                }
+                Ok(Some((line, problem))) => tracing::error!(
+                    line,
+                    problem,
+                    "the audit log's hash chain is still broken; run `xai-keys verify`"
+                ),
+                Err(e) => self.log_error("cannot check the audit log's chain", &e.to_string()),
+            }
+        }
         loop {
             let stopping = self.stop.load(Ordering::SeqCst);
             if !stopping {
@@ -589,6 +665,11 @@ impl Pipeline {
     }
 
     fn follow(&mut self, now: f64) {
+        let history = self
+            .skip_history
+            .as_ref()
+            .filter(|h| self.follower.offset() < h.until_offset)
+            .map(|h| h.before);
         let batch = match self.follower.poll() {
             Ok(b) => b,
             Err(e) => {
@@ -597,8 +678,10 @@ impl Pipeline {
             }
         };
         if let Some(why) = batch.reset {
-            // Truncated or replaced: xai-keys never does either (restore appends).
-            self.status.chain_ok.store(false, Ordering::Relaxed);
+            // Truncated or replaced: xai-keys never does either (restore appends), so it is
+            // reported; the gauge then says whether the new log's chain holds.
+            let holds = matches!(self.store.check_log_chain(), Ok(None));
+            self.status.chain_ok.store(holds, Ordering::Relaxed);
             self.last_hash = None;
             self.pending.push(self.gateway_event(
                 "audit_chain_broken",
@@ -635,13 +718,27 @@ impl Pipeline {
             } else {
                 self.last_hash = None;
             }
-            if let Some(t) = self.skip_before
-                && line.get("timestamp").and_then(Value::as_f64).unwrap_or(0.0) < t
+            if let (Some(t), Some(h)) = (history, self.skip_history.as_mut())
+                && line
+                    .get("timestamp")
+                    .and_then(Value::as_f64)
+                    .is_some_and(|ts| ts < t)
             {
+                h.skipped += 1;
                 continue;
             }
             self.pending
                 .push(from_audit_line(&line, self.require_window));
+        }
+        if let Some(h) = self
+            .skip_history
+            .take_if(|h| self.follower.offset() >= h.until_offset)
+            && h.skipped > 0
+        {
+            tracing::warn!(
+                lines = h.skipped,
+                "new event queue: audit lines older than a minute were passed over as history, not emitted (see `xai-keys events` for them)"
+            );
         }
     }
 
@@ -694,6 +791,7 @@ impl Pipeline {
             "offset": self.follower.offset(),
             "file_id": self.follower.file_id().map(|(d, i)| vec![d, i]),
             "last_hash": self.last_hash,
+            "chain_broken": !self.status.chain_ok.load(Ordering::Relaxed),
         })
     }
 
@@ -719,7 +817,23 @@ impl Pipeline {
         let res = {
             let mut q = relock(&self.queue);
             let before: Vec<usize> = self.sinks.iter().map(|s| q.depth(&s.cfg.id)).collect();
-            let r = q.append(for_sinks, Some(cursor.clone()), now);
+            let n = for_sinks.len();
+            let r = match q.append(for_sinks, Some(cursor.clone()), now) {
+                // An event the queue refuses (cannot happen with events built here: details
+                // are bounded) must not stall the pipeline for ever: the batch still counts
+                // and is logged, the position still advances, the webhooks miss it (counted).
+                Err(QueueError::InvalidEvent { detail, .. }) => {
+                    tracing::error!(problem = %detail, events = n, "events refused by the webhook queue; not forwarded");
+                    for _ in 0..n {
+                        self.metrics.event_dropped("invalid");
+                    }
+                    q.append(Vec::new(), Some(cursor.clone()), now)
+                }
+                r => r,
+            };
+            if let Some(e) = q.take_compaction_error() {
+                tracing::warn!(error = %e, "webhook queue compaction failed; retried later (the journal keeps growing meanwhile)");
+            }
             // What each sink lost to the capacity limit: its depth did not grow by what was
             // appended (the queue evicts the oldest events, whichever sinks still wanted them).
             let lost: Vec<usize> = self
@@ -750,6 +864,7 @@ impl Pipeline {
                     );
                 }
                 self.last_cursor = Some(cursor);
+                self.status.uncommitted.store(0, Ordering::Relaxed);
                 for ev in std::mem::take(&mut self.pending) {
                     debug_assert!(EVENT_TYPES.contains(&ev.event_type));
                     self.metrics.security_event(&ev);
@@ -761,10 +876,16 @@ impl Pipeline {
                     }
                 }
             }
-            Err(e) => self.log_error(
-                "cannot write the security event queue; events kept in memory and retried",
-                &e.to_string(),
-            ),
+            Err(e) => {
+                self.metrics.event_queue_write_failed();
+                self.status
+                    .uncommitted
+                    .store(self.pending.len(), Ordering::Relaxed);
+                self.log_error(
+                    "cannot write the security event queue; events kept in memory and retried (nothing is counted or logged until they are queued)",
+                    &e.to_string(),
+                );
+            }
         }
     }
 

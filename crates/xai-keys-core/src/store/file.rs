@@ -909,15 +909,23 @@ impl KeyStore for FileStore {
         // Lock (and recover) when we can; a read-only operator still gets a report.
         let mut notes = Vec::new();
         if opts.adopt {
+            // Marked like KeyManager's lines when a change window is open (an unreadable
+            // window counts as none: adopting is never blocked).
+            let ticket = crate::window::current(self, now)
+                .ok()
+                .flatten()
+                .map(|w| w.ticket);
             let info = self.commit_with(actor, now, Base::Adopt, &mut |keys: &mut KeyMap| {
-                Ok(vec![
-                    AuditDraft::new("adopt", None)
-                        .with(
-                            "detail",
-                            "store file accepted as the audited state by verify --adopt",
-                        )
-                        .with("keys", keys.len()),
-                ])
+                let mut d = AuditDraft::new("adopt", None)
+                    .with(
+                        "detail",
+                        "store file accepted as the audited state by verify --adopt",
+                    )
+                    .with("keys", keys.len());
+                if let Some(t) = &ticket {
+                    d = d.with("change_window", t.clone());
+                }
+                Ok(vec![d])
             })?;
             notes.extend(info.warnings);
         } else if perms_ok {
@@ -1105,9 +1113,9 @@ impl KeyStore for FileStore {
         )
     }
 
-    fn log_follower(&self, from: Option<(u64, Option<(u64, u64)>)>) -> Result<audit::LogFollower> {
+    fn log_follower(&self, from: Option<audit::FollowFrom>) -> Result<audit::LogFollower> {
         let (offset, file_id) = match from {
-            Some(p) => p,
+            Some(p) => (p.offset, audit::resume_identity(&self.log, &p)),
             None => {
                 let page = audit::read_events(
                     &self.log,
@@ -1122,17 +1130,30 @@ impl KeyStore for FileStore {
         Ok(audit::LogFollower::new(&self.log, offset, file_id))
     }
 
+    fn check_log_chain(&self) -> Result<Option<(usize, String)>> {
+        Ok(audit::verify_chain(&self.log)?.first_error)
+    }
+
     fn change_window(&self) -> Result<Option<crate::window::ChangeWindow>> {
         check_all(&[&self.dir, &self.window], &mut Vec::new())?;
-        let Some(bytes) = fsutil::read_optional(&self.window)? else {
+        let corrupt = |problem: String| Error::CorruptWindow {
+            path: self.window.clone(),
+            problem,
+        };
+        let Some(bytes) =
+            fsutil::read_small_regular(&self.window, 64 * 1024).map_err(|e| match e {
+                Error::InvalidInput(m) => corrupt(m),
+                other => other,
+            })?
+        else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::CorruptWindow {
-                path: self.window.clone(),
-                problem: e.to_string(),
-            })
+        let w: crate::window::ChangeWindow =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        // Only what `window::open` can write is believed: a hand-made file claiming a
+        // window of years would mark every action as planned.
+        crate::window::check_recorded(&w).map_err(corrupt)?;
+        Ok(Some(w))
     }
 
     /// The audit line is the record; the window file is what readers consult. A close removes

@@ -221,6 +221,43 @@ pub fn write_exclusive(path: &Path, bytes: &[u8], sync: bool, owner: Option<Owne
     res
 }
 
+/// Reads a small regular file, `None` if it does not exist. Never follows a symbolic link,
+/// never blocks on a FIFO or device (opened non-blocking, then required to be a regular file),
+/// and refuses anything over `max` bytes: for files a hostile local user could replace.
+pub fn read_small_regular(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let meta = f.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::InvalidInput(format!(
+            "{} is not a regular file; remove it",
+            path.display()
+        )));
+    }
+    if meta.len() > max {
+        return Err(Error::InvalidInput(format!(
+            "{} is {} bytes, more than the {max} this file can hold; remove it",
+            path.display(),
+            meta.len()
+        )));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    f.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(Some(buf))
+}
+
 /// Reads a file, `None` if it does not exist.
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     match fs::read(path) {

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use crate::audit::{Actor, AuditDraft, EventPage, EventQuery, LogFollower};
+use crate::audit::{Actor, AuditDraft, EventPage, EventQuery, FollowFrom, LogFollower};
 use crate::error::Result;
 use crate::record::KeyMap;
 use crate::usage::UsageMap;
@@ -188,10 +188,16 @@ pub trait KeyStore: Send + Sync {
     /// atomically with `updated = now`. See [`crate::usage::merge`].
     fn record_usage(&self, deltas: &UsageMap, live: &dyn Fn(&str) -> bool, now: f64) -> Result<()>;
 
-    /// A follower of the audit log from a position returned earlier by
-    /// [`crate::audit::LogFollower::offset`] and [`crate::audit::LogFollower::file_id`], or
-    /// from the end of the log (`None`: only lines appended from now on).
-    fn log_follower(&self, from: Option<(u64, Option<(u64, u64)>)>) -> Result<LogFollower>;
+    /// A follower of the audit log from a position saved earlier ([`FollowFrom`]), or from
+    /// the end of the log (`None`: only lines appended from now on). A saved position whose
+    /// file identity no longer matches (the log copied, restored from a snapshot, or on a
+    /// device renumbered at boot) is kept when the line ending there still has the saved hash,
+    /// and otherwise read from the start of the new file.
+    fn log_follower(&self, from: Option<FollowFrom>) -> Result<LogFollower>;
+
+    /// Checks the whole audit log's hash chain (read only, nothing is locked or written):
+    /// `None` when it holds, else the first broken line (1-based) and the problem.
+    fn check_log_chain(&self) -> Result<Option<(usize, String)>>;
 
     /// The change window as last recorded, open or not (check [`ChangeWindow::is_open`]).
     fn change_window(&self) -> Result<Option<ChangeWindow>>;

@@ -207,7 +207,20 @@ impl WebhookConfig {
                 Some(raw) => parse_sinks(&raw)?,
                 None => Vec::new(),
             },
-            token: get("XAI_SECURITY_WEBHOOK_TOKEN").map(Token),
+            token: match get("XAI_SECURITY_WEBHOOK_TOKEN") {
+                None => None,
+                Some(t) => {
+                    let t = Token(t);
+                    // Checked here so that a token that cannot be sent (a newline, say) stops
+                    // the start instead of failing every delivery; the value is not echoed.
+                    if reqwest::header::HeaderValue::from_str(&t.header()).is_err() {
+                        return Err(ConfigError(
+                            "XAI_SECURITY_WEBHOOK_TOKEN cannot be sent in an Authorization header (it contains control characters or non-ASCII text): check how the secret was written into the environment".into(),
+                        ));
+                    }
+                    Some(t)
+                }
+            },
             timeout: dur("XAI_SECURITY_WEBHOOK_TIMEOUT", d.timeout, 0.1, 300.0)?,
             min_severity,
             format,
@@ -350,23 +363,67 @@ pub fn backoff(cfg: &WebhookConfig, attempt: u32) -> Duration {
     Duration::from_secs_f64(exp * (0.5 + 0.5 * jitter))
 }
 
+/// Attempts a sink gets for an event it refuses as invalid (HTTP 400, 404, 405, 410, 411,
+/// 413, 414, 415, 422) before the event is dead-lettered with reason `rejected`, so that one
+/// event a receiver will never accept does not hold up every later one until it expires.
+pub const MAX_REJECTIONS: u32 = 5;
+
+/// Why one delivery attempt failed.
+#[derive(Debug)]
+struct Failure {
+    /// The `result` label of `xai_security_webhook_deliveries_total`.
+    result: &'static str,
+    problem: String,
+    /// The receiver refused this event as such (retrying the same bytes cannot help).
+    rejected: bool,
+    /// The receiver's `Retry-After` (seconds form), if it sent one.
+    retry_after: Option<Duration>,
+}
+
+/// Whether an HTTP status refuses the event itself rather than saying "not now" (408, 429,
+/// 5xx) or "not you" (401, 403: a token to fix, after which the event is welcome).
+fn refuses_event(status: u16) -> bool {
+    matches!(status, 400 | 404 | 405 | 410 | 411 | 413 | 414 | 415 | 422)
+}
+
 impl Worker {
     /// Delivers this sink's events until `stop` turns true.
     pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let id = self.sink.cfg.id.clone();
         let mut attempt: u32 = 0;
+        let mut rejections: u32 = 0;
+        // Delivered but not yet recorded in the queue (the disk refused the ack): not sent
+        // again while the ack is retried; a restart before it succeeds sends them again.
+        let mut unacked: Vec<u64> = Vec::new();
         loop {
             if *stop.borrow() {
                 return;
             }
+            if !unacked.is_empty() && self.ack(&unacked).await {
+                unacked.clear();
+            }
             let notified = self.sink.notify.notified();
-            let next = lock(&self.queue).next_for(&id, None);
+            // The queue's mutex is also held across fsyncs: never wait for it on the runtime.
+            let after = unacked.last().copied();
+            let next = {
+                let q = self.queue.clone();
+                let id = id.clone();
+                tokio::task::spawn_blocking(move || lock(&q).next_for(&id, after))
+                    .await
+                    .ok()
+                    .flatten()
+            };
             let Some(ev) = next else {
+                let wait = if unacked.is_empty() {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::from_secs(1)
+                };
                 tokio::select! {
                     () = notified => {}
                     _ = stop.changed() => {}
-                    // A fallback in case a notification is missed.
-                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    // A fallback in case a notification is missed, and the ack retry.
+                    () = tokio::time::sleep(wait) => {}
                 }
                 continue;
             };
@@ -376,33 +433,51 @@ impl Worker {
             // would otherwise keep producing notices about its own dead letters.
             let about_webhooks = is_webhook_notice(&ev.event);
             if now - ev.accepted_at > self.cfg.max_age.as_secs_f64() {
-                self.dead_letter(ev.seq, now, about_webhooks).await;
+                self.dead_letter(ev.seq, now, "max_age", about_webhooks)
+                    .await;
                 attempt = 0;
+                rejections = 0;
                 continue;
             }
             match self.deliver(&ev.event).await {
                 Ok(()) => {
                     self.metrics.webhook_delivery(&id, "success");
-                    self.ack(ev.seq).await;
+                    if !self.ack(&[ev.seq]).await {
+                        unacked.push(ev.seq);
+                    }
                     let was_failing = self.sink.failing.swap(false, Ordering::Relaxed);
                     if attempt > 0 || was_failing {
                         tracing::info!(sink = %id, host = %self.sink.cfg.host, "webhook sink delivering again");
                     }
                     attempt = 0;
+                    rejections = 0;
                 }
-                Err((result, problem)) => {
-                    self.metrics.webhook_delivery(&id, result);
+                Err(f) => {
+                    self.metrics.webhook_delivery(&id, f.result);
                     attempt = attempt.saturating_add(1);
+                    if f.rejected {
+                        rejections += 1;
+                        if rejections >= MAX_REJECTIONS {
+                            tracing::error!(sink = %id, host = %self.sink.cfg.host, problem = %f.problem, seq = ev.seq, "the webhook receiver refuses this event; moved to the dead-letter file");
+                            self.dead_letter(ev.seq, now, "rejected", about_webhooks)
+                                .await;
+                            rejections = 0;
+                            continue;
+                        }
+                    }
                     if !self.sink.failing.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(sink = %id, host = %self.sink.cfg.host, problem = %problem, "webhook delivery failing; retrying with backoff");
+                        tracing::warn!(sink = %id, host = %self.sink.cfg.host, problem = %f.problem, "webhook delivery failing; retrying with backoff");
                         self.emit.emit_event(
                             "webhook_delivery_failure",
                             Severity::Warning,
                             now,
-                            json!({"sink": id, "host": self.sink.cfg.host, "result": result, "problem": problem}),
+                            json!({"sink": id, "host": self.sink.cfg.host, "result": f.result, "problem": f.problem}),
                         );
                     }
-                    let wait = backoff(&self.cfg, attempt);
+                    let mut wait = backoff(&self.cfg, attempt);
+                    if let Some(ra) = f.retry_after {
+                        wait = wait.max(ra).min(self.cfg.retry_max.max(wait));
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         _ = stop.changed() => {}
@@ -412,38 +487,44 @@ impl Worker {
         }
     }
 
-    /// Records a delivery (or a skip) in the queue.
-    async fn ack(&self, seq: u64) {
+    /// Records deliveries in the queue; false when the queue could not be written.
+    async fn ack(&self, seqs: &[u64]) -> bool {
         let q = self.queue.clone();
         let sink = self.sink.clone();
+        let seqs = seqs.to_vec();
         let acked = tokio::task::spawn_blocking(move || {
             let mut g = lock(&q);
-            let r = g.ack(&sink.cfg.id, &[seq]);
+            let r = g.ack(&sink.cfg.id, &seqs);
             sink.refresh(&g);
+            if let Some(e) = g.take_compaction_error() {
+                tracing::warn!(error = %e, "webhook queue compaction failed; retried later");
+            }
             r
         })
         .await;
         let id = &self.sink.cfg.id;
         match acked {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                // Delivered but not recorded: it will be sent again (at least once).
-                tracing::error!(sink = %id, error = %e, "cannot record a webhook delivery in the queue");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tracing::error!(sink = %id, error = %e, "cannot record a webhook delivery in the queue; retrying (the event is not sent again meanwhile)");
+                false
             }
-            Err(e) => tracing::error!(sink = %id, error = %e, "webhook ack task failed"),
+            Err(e) => {
+                tracing::error!(sink = %id, error = %e, "webhook ack task failed");
+                false
+            }
         }
     }
 
-    /// Moves an expired event to the dead-letter file. A notice goes to the other sinks, at
-    /// most one a minute per sink (the next one counts the rest), and never for a notice that
-    /// was itself about webhook trouble (two dead sinks would otherwise feed each other).
-    async fn dead_letter(&self, seq: u64, now: f64, about_webhooks: bool) {
+    /// Moves an event to the dead-letter file. A notice goes to the sinks, at most one a
+    /// minute per sink (the next one counts the rest), and never for a notice that was itself
+    /// about webhook trouble (two dead sinks would otherwise feed each other).
+    async fn dead_letter(&self, seq: u64, now: f64, reason: &'static str, about_webhooks: bool) {
         let q = self.queue.clone();
         let sink = self.sink.clone();
         let r = tokio::task::spawn_blocking(move || {
             let mut g = lock(&q);
-            let r = g.dead_letter(&sink.cfg.id, &[seq], "max_age", now);
+            let r = g.dead_letter(&sink.cfg.id, &[seq], reason, now);
             sink.refresh(&g);
             r.map(|()| g.dead_letter_path())
         })
@@ -451,15 +532,15 @@ impl Worker {
         let id = &self.sink.cfg.id;
         match r {
             Ok(Ok(path)) => {
-                self.metrics.webhook_dead_lettered(id, "max_age", 1);
-                tracing::error!(sink = %id, seq, file = %path.display(), "webhook event older than XAI_SECURITY_WEBHOOK_MAX_AGE moved to the dead-letter file");
+                self.metrics.webhook_dead_lettered(id, reason, 1);
+                tracing::error!(sink = %id, seq, reason, file = %path.display(), "webhook event moved to the dead-letter file (`xai-keys dead-letters` prints it)");
                 if !about_webhooks {
                     self.emit.emit_throttled(
-                        &format!("webhook_dead_lettered|{id}"),
+                        &format!("webhook_dead_lettered|{id}|{reason}"),
                         "webhook_dead_lettered",
                         Severity::Warning,
                         now,
-                        json!({"sink": id, "host": self.sink.cfg.host, "reason": "max_age", "max_age_seconds": self.cfg.max_age.as_secs_f64()}),
+                        json!({"sink": id, "host": self.sink.cfg.host, "reason": reason, "max_age_seconds": self.cfg.max_age.as_secs_f64()}),
                     );
                 }
             }
@@ -471,8 +552,8 @@ impl Worker {
         }
     }
 
-    /// One POST. `Err((metrics result, problem))` on anything but a 2xx answer.
-    async fn deliver(&self, event: &Value) -> Result<(), (&'static str, String)> {
+    /// One POST; anything but a 2xx answer is a [`Failure`].
+    async fn deliver(&self, event: &Value) -> Result<(), Failure> {
         let mut req = self
             .client
             .post(self.sink.cfg.url.clone())
@@ -484,20 +565,34 @@ impl Worker {
         if let Some(id) = event.get("event_id").and_then(Value::as_str) {
             req = req.header("idempotency-key", id);
         }
+        let fail = |result, problem: &str| Failure {
+            result,
+            problem: problem.to_string(),
+            rejected: false,
+            retry_after: None,
+        };
         match req.send().await {
             Ok(resp) if resp.status().is_success() => Ok(()),
-            Ok(resp) => Err(("http_error", format!("HTTP {}", resp.status().as_u16()))),
-            Err(e) if e.is_timeout() => Err(("timeout", "timed out".into())),
-            Err(e) if e.is_connect() => Err(("connect_error", "connection failed".into())),
-            Err(e) => Err((
-                "connect_error",
-                // reqwest's Display may include the URL; keep only the kind.
-                if e.is_request() {
-                    "request failed".into()
-                } else {
-                    "transport error".into()
-                },
-            )),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                Err(Failure {
+                    result: "http_error",
+                    problem: format!("HTTP {status}"),
+                    rejected: refuses_event(status),
+                    retry_after,
+                })
+            }
+            Err(e) if e.is_timeout() => Err(fail("timeout", "timed out")),
+            Err(e) if e.is_connect() => Err(fail("connect_error", "connection failed")),
+            // reqwest's Display may include the URL; keep only the kind.
+            Err(e) if e.is_request() => Err(fail("connect_error", "request failed")),
+            Err(_) => Err(fail("connect_error", "transport error")),
         }
     }
 }

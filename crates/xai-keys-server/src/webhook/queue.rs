@@ -129,8 +129,12 @@ pub const COMPACT_MIN_BYTES: u64 = 4 * 1024 * 1024;
 /// Deepest nesting of arrays and objects accepted in an event or a cursor (the JSON reader
 /// refuses more than 128 levels, and a record wraps an event in three).
 pub const MAX_JSON_DEPTH: usize = 64;
+/// Events of this type are evicted last when the queue is full.
+pub const PRIORITY_EVENT_TYPE: &str = "api_key_audit";
 /// Dead-letter reason: the queue held more than [`QueueOptions::max_events`] pending events.
 pub const REASON_QUEUE_FULL: &str = "queue_full";
+/// Dead-letter reason: the sink refused the event as invalid (HTTP 4xx) several times.
+pub const REASON_REJECTED: &str = "rejected";
 /// Dead-letter reason: the sink is no longer configured.
 pub const REASON_SINK_REMOVED: &str = "sink_removed";
 
@@ -166,7 +170,9 @@ impl FileKind {
     /// What moving the file aside costs.
     fn consequence(self) -> &'static str {
         match self {
-            FileKind::Queue => "its events are then not delivered",
+            FileKind::Queue => {
+                "its events are then not delivered, and audit lines older than a minute at the next start are passed over: list them with `xai-keys events --since`"
+            }
             FileKind::DeadLetter => "keep the moved file: it is the only record of those events",
         }
     }
@@ -1579,7 +1585,31 @@ impl Queue {
             .checked_add(events.len() as u64)
             .ok_or_else(|| self.invalid("sequence numbers are exhausted".to_string()))?;
         let overflow = (self.state.events.len() + events.len()).saturating_sub(self.max_events);
-        let evict_old: Vec<u64> = self.state.events.keys().take(overflow).copied().collect();
+        // Lifecycle events (`api_key_audit`, the audit log's record of key changes) are
+        // evicted last: a flood of gateway-side events (authentication failures from many
+        // addresses) must not push a revocation out of the SOC's queue.
+        let lifecycle =
+            |e: &Entry| e.ev.get("event_type").and_then(Value::as_str) == Some(PRIORITY_EVENT_TYPE);
+        let mut evict_old: Vec<u64> = self
+            .state
+            .events
+            .iter()
+            .filter(|(_, e)| !lifecycle(e))
+            .map(|(seq, _)| *seq)
+            .take(overflow)
+            .collect();
+        if evict_old.len() < overflow {
+            let more: Vec<u64> = self
+                .state
+                .events
+                .iter()
+                .filter(|(_, e)| lifecycle(e))
+                .map(|(seq, _)| *seq)
+                .take(overflow - evict_old.len())
+                .collect();
+            evict_old.extend(more);
+            evict_old.sort_unstable();
+        }
         let evict_new = overflow - evict_old.len();
 
         // Dead-letter lines for what does not fit, then the batch record.
@@ -2290,6 +2320,41 @@ mod tests {
         assert_eq!(rec.dead_lettered_sink_removed, 2);
         assert_eq!(rec.pending, 0);
         assert_eq!(q.pending(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_evicts_gateway_events_before_lifecycle_events() {
+        let (_d, path) = setup();
+        let o = QueueOptions {
+            max_events: 4,
+            ..opts(&["a"])
+        };
+        let audit = |id: &str| json!({"event_id": id, "event_type": PRIORITY_EVENT_TYPE});
+        let (mut q, _) = Queue::open(&path, o.clone(), NOW).unwrap();
+        q.append(
+            vec![
+                audit("revoke-1"),
+                ev("noise-1"),
+                audit("revoke-2"),
+                ev("noise-2"),
+            ],
+            None,
+            NOW,
+        )
+        .unwrap();
+        // A flood of gateway-side events pushes out the older gateway-side events first.
+        let out = q
+            .append(vec![ev("noise-3"), ev("noise-4")], None, NOW)
+            .unwrap();
+        assert_eq!(out.dead_lettered, 2);
+        assert_eq!(ids(&q, "a"), ["revoke-1", "revoke-2", "noise-3", "noise-4"]);
+        // Only when nothing else is left do lifecycle events go, oldest first.
+        q.append(vec![ev("noise-5"), ev("noise-6"), ev("noise-7")], None, NOW)
+            .unwrap();
+        assert_eq!(ids(&q, "a"), ["revoke-2", "noise-5", "noise-6", "noise-7"]);
+        drop(q);
+        let (q, _) = Queue::open(&path, o, NOW).unwrap();
+        assert_eq!(ids(&q, "a"), ["revoke-2", "noise-5", "noise-6", "noise-7"]);
     }
 
     #[test]

@@ -2495,3 +2495,174 @@ async fn a_forged_audit_line_breaks_the_chain() {
     );
     assert_eq!(of_type(&read_log(&log), "audit_chain_broken").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_break_survives_a_restart_until_the_log_checks_out_again() {
+    let s = setup();
+    let log = event_log(s.dir.path());
+    let (path, store, clock) = (s.path.clone(), s.store.clone(), s.clock.clone());
+    let (user, auditor) = (s.keys.user.clone(), s.keys.auditor.clone());
+    let gw = s.start(|_| {});
+    let cli = open_store(&path);
+    KeyManager::new(cli.as_ref(), policy())
+        .revoke(&user.id, None, &cli_actor(), clock.now())
+        .unwrap();
+    wait_log(&log, "the revocation", |e| {
+        !audit(e, "revoke", &user.id).is_empty()
+    })
+    .await;
+    let good_len = std::fs::metadata(store.log_path()).unwrap().len();
+    append_forged_line(&store, &auditor, clock.now());
+    wait_log(&log, "the break", |e| {
+        !of_type(e, "audit_chain_broken").is_empty()
+    })
+    .await;
+    assert!(!gw.state().telemetry.audit_chain_ok());
+    let mut gw = gw;
+    gw.stop_background();
+    drop(gw);
+
+    // No restart on a broken log: the gateway refuses to start and says why.
+    let cfg = tel_config(&log, |_| {});
+    let e = Gateway::start(cfg.clone(), store.clone(), clock.clock())
+        .err()
+        .expect("a broken log stops the start")
+        .to_string();
+    assert!(e.contains("prev_hash"), "{e}");
+    // The forged line removed (the log restored): the chain holds again, and the
+    // truncation is reported.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(store.log_path())
+        .unwrap()
+        .set_len(good_len)
+        .unwrap();
+    let breaks = of_type(&read_log(&log), "audit_chain_broken").len();
+    let gw = Gateway::start(cfg, store.clone(), clock.clock()).unwrap();
+    wait_log(&log, "the truncation report", |e| {
+        of_type(e, "audit_chain_broken").len() > breaks
+    })
+    .await;
+    let started = Instant::now();
+    while !gw.state().telemetry.audit_chain_ok() && started.elapsed() < WAIT {
+        tokio::time::sleep(FOLLOW).await;
+    }
+    assert!(
+        gw.state().telemetry.audit_chain_ok(),
+        "the restored log's chain holds"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_receiver_refuses_is_dead_lettered_without_holding_up_the_rest() {
+    let sink = HookServer::start().await;
+    sink.set_status(422);
+    let id = sink_id(&sink.url());
+    let sinks = parse_sinks(&sink.url()).unwrap();
+    let h = setup()
+        .net(|c| {
+            c.telemetry.webhooks.sinks = sinks;
+            c.telemetry.webhooks.min_severity = xai_keys_core::events::Severity::Critical;
+        })
+        .await;
+    // The admin key's issue (CRITICAL) is refused five times, then dead-lettered long before
+    // XAI_SECURITY_WEBHOOK_MAX_AGE (72 h here).
+    wait_metric(
+        &h,
+        "xai_security_webhook_dead_lettered_total",
+        &[("sink", &id), ("reason", "rejected")],
+        |v| v == Some(1.0),
+    )
+    .await;
+    assert_eq!(
+        sink.attempts(),
+        xai_keys_server::webhook::MAX_REJECTIONS as usize
+    );
+    // The next event goes through once the receiver accepts it.
+    sink.set_status(200);
+    let cli = open_store(&h.path);
+    let k = issue(
+        cli.as_ref(),
+        Scope::Admin,
+        "after",
+        TtlRequest::Default,
+        h.clock.now(),
+    );
+    h.net.secrets.add(&k.secret);
+    sink.wait("the next admin issue", |b| {
+        b.iter().any(|e| e["details"]["key_id"] == k.id.as_str())
+    })
+    .await;
+    let dead = PathBuf::from(format!("{}.dead", queue_path(&h.path).display()));
+    let recs = read_dead_letters(&dead, None).unwrap();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].reason, "rejected");
+    h.gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_audit_line_does_not_stall_telemetry() {
+    let port = closed_port().await;
+    let sinks = parse_sinks(&format!("http://{port}/hook")).unwrap();
+    let h = setup().harness(|c| c.telemetry.webhooks.sinks = sinks);
+    let log = event_log(h.dir.path());
+    // A line another tool wrote, nested 100 levels deep (the queue refuses more than 64).
+    let mut deep = json!("x");
+    for _ in 0..100 {
+        deep = json!({"d": deep});
+    }
+    {
+        // Chained correctly (the store keeps accepting writes after it).
+        use std::io::Write;
+        let text = std::fs::read_to_string(h.store.log_path()).unwrap();
+        let last: AuditEvent = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let mut line = last.clone();
+        line.insert("timestamp".into(), json!(h.clock.now()));
+        line.insert("action".into(), json!("restore"));
+        line.insert("key_id".into(), Value::Null);
+        line.insert("detail".into(), deep);
+        line.insert("prev_hash".into(), last["hash"].clone());
+        line.remove("hash");
+        let hash = line_hash(&line);
+        line.insert("hash".into(), json!(hash));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(h.store.log_path())
+            .unwrap();
+        writeln!(f, "{}", Value::Object(line)).unwrap();
+    }
+    let cli = open_store(&h.path);
+    KeyManager::new(cli.as_ref(), policy())
+        .revoke(&h.keys.user.id, None, &cli_actor(), h.clock.now())
+        .unwrap();
+    let evs = wait_log(&log, "the revocation after the odd line", |e| {
+        !audit(e, "revoke", &h.keys.user.id).is_empty()
+    })
+    .await;
+    let restore = evs
+        .iter()
+        .find(|e| e["details"]["action"] == "restore")
+        .expect("the odd line is an event too");
+    assert!(
+        detail(restore, "detail")
+            .as_str()
+            .unwrap()
+            .contains("nested deeper")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_on_peer_routes_are_peer_auth_failures() {
+    let h = setup().harness(|_| {});
+    let log = event_log(h.dir.path());
+    h.send(post("/transaction/receive").h("x-api-key", "not-a-peer-key-at-all"))
+        .await
+        .denied(401, "unknown_key");
+    let evs = wait_log(&log, "the peer failure", |e| {
+        !of_type(e, "peer_auth_failure").is_empty()
+    })
+    .await;
+    let ev = of_type(&evs, "peer_auth_failure")[0];
+    assert_eq!(detail(ev, "route_class"), "peer");
+    assert!(of_type(&evs, "api_auth_failure").is_empty());
+}

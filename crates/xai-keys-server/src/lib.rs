@@ -44,6 +44,16 @@ pub use state::{AppState, Gateway, Shared};
 /// The time source: epoch seconds. Tests inject their own.
 pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;
 
+/// Locks a mutex, recovering the data of a holder that panicked: every mutex here guards
+/// state that stays consistent between statements (maps, counters, the queue's own journal
+/// state), so a poisoned lock is no reason to stop serving.
+pub(crate) fn relock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
 /// The real clock.
 pub fn system_clock() -> Clock {
     Arc::new(xai_keys_core::now_epoch)

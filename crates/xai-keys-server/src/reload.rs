@@ -12,7 +12,7 @@
 //! [`KeyIndex::restricted_by`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -20,6 +20,7 @@ use serde::Serialize;
 use xai_keys_core::store::{Integrity, KeyStore, StoreVersion};
 
 use crate::index::KeyIndex;
+use crate::relock;
 
 /// The store as the gateway last saw it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -96,13 +97,6 @@ pub struct IndexHandle {
     health: Mutex<StoreHealth>,
     state: Mutex<ReloadState>,
     started: AtomicU64,
-}
-
-fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl IndexHandle {

@@ -28,7 +28,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -40,6 +40,7 @@ use crate::Clock;
 use crate::config::ConfigError;
 use crate::metrics::{Metrics, SinkView};
 use crate::reload::IndexHandle;
+use crate::relock;
 use crate::webhook::queue::{Queue, QueueError, QueueKey, QueueOptions};
 use crate::webhook::{Sink, WebhookConfig, Worker};
 
@@ -153,13 +154,6 @@ impl TelemetryConfig {
             queue_max_events,
             webhooks: WebhookConfig::from_lookup(lookup)?,
         })
-    }
-}
-
-fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

@@ -7,11 +7,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use xai_keys_core::store::KeyStore;
 use xai_keys_core::token::KeyId;
 use xai_keys_core::usage::{KeyUsage, UsageMap};
+
+use crate::relock;
 
 #[derive(Debug, Clone)]
 struct Local {
@@ -30,13 +32,6 @@ pub struct UsageTracker {
     inflight: Mutex<UsageMap>,
     /// One flush at a time (the periodic one and the final one at shutdown).
     flushing: Mutex<()>,
-}
-
-fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 fn to_core(l: &Local) -> KeyUsage {

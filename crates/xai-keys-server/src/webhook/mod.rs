@@ -24,6 +24,7 @@ use xai_keys_core::events::Severity;
 
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
+use crate::relock;
 use queue::Queue;
 
 /// Payload shape.
@@ -323,13 +324,6 @@ pub struct Worker {
     pub emit: crate::telemetry::Emitter,
 }
 
-fn lock(q: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
-    match q.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
 /// Whether an event is a notice about webhook delivery itself.
 fn is_webhook_notice(event: &Value) -> bool {
     matches!(
@@ -408,7 +402,7 @@ impl Worker {
             let next = {
                 let q = self.queue.clone();
                 let id = id.clone();
-                tokio::task::spawn_blocking(move || lock(&q).next_for(&id, after))
+                tokio::task::spawn_blocking(move || relock(&q).next_for(&id, after))
                     .await
                     .ok()
                     .flatten()
@@ -493,7 +487,7 @@ impl Worker {
         let sink = self.sink.clone();
         let seqs = seqs.to_vec();
         let acked = tokio::task::spawn_blocking(move || {
-            let mut g = lock(&q);
+            let mut g = relock(&q);
             let r = g.ack(&sink.cfg.id, &seqs);
             sink.refresh(&g);
             if let Some(e) = g.take_compaction_error() {
@@ -523,7 +517,7 @@ impl Worker {
         let q = self.queue.clone();
         let sink = self.sink.clone();
         let r = tokio::task::spawn_blocking(move || {
-            let mut g = lock(&q);
+            let mut g = relock(&q);
             let r = g.dead_letter(&sink.cfg.id, &[seq], reason, now);
             sink.refresh(&g);
             r.map(|()| g.dead_letter_path())

@@ -362,6 +362,9 @@ pub fn backoff(cfg: &WebhookConfig, attempt: u32) -> Duration {
 /// event a receiver will never accept does not hold up every later one until it expires.
 pub const MAX_REJECTIONS: u32 = 5;
 
+/// Expired events dead-lettered in one write at most.
+pub const DEAD_LETTER_BATCH: usize = 1000;
+
 /// Why one delivery attempt failed.
 #[derive(Debug)]
 struct Failure {
@@ -427,8 +430,7 @@ impl Worker {
             // would otherwise keep producing notices about its own dead letters.
             let about_webhooks = is_webhook_notice(&ev.event);
             if now - ev.accepted_at > self.cfg.max_age.as_secs_f64() {
-                self.dead_letter(ev.seq, now, "max_age", about_webhooks)
-                    .await;
+                self.dead_letter_expired(now).await;
                 attempt = 0;
                 rejections = 0;
                 continue;
@@ -523,11 +525,61 @@ impl Worker {
             r.map(|()| g.dead_letter_path())
         })
         .await;
+        self.report_dead_letters(r, 1, reason, about_webhooks, now)
+            .await;
+    }
+
+    /// Dead-letters every event of this sink that has outlived `max_age`, oldest first, up to
+    /// [`DEAD_LETTER_BATCH`] at a time (one write, one log line: a sink down for days does not
+    /// cost one fsync and one log line per event).
+    async fn dead_letter_expired(&self, now: f64) {
+        let q = self.queue.clone();
+        let sink = self.sink.clone();
+        let max_age = self.cfg.max_age.as_secs_f64();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut g = relock(&q);
+            let mut seqs = Vec::new();
+            // A batch made only of webhook notices makes no further notice.
+            let mut only_notices = true;
+            let mut after = None;
+            while seqs.len() < DEAD_LETTER_BATCH {
+                match g.next_for(&sink.cfg.id, after) {
+                    Some(e) if now - e.accepted_at > max_age => {
+                        only_notices &= is_webhook_notice(&e.event);
+                        after = Some(e.seq);
+                        seqs.push(e.seq);
+                    }
+                    _ => break,
+                }
+            }
+            let r = g.dead_letter(&sink.cfg.id, &seqs, "max_age", now);
+            sink.refresh(&g);
+            r.map(|()| (g.dead_letter_path(), seqs.len(), only_notices))
+        })
+        .await;
+        let (r, n, only_notices) = match r {
+            Ok(Ok((path, n, only))) => (Ok(Ok(path)), n, only),
+            Ok(Err(e)) => (Ok(Err(e)), 0, true),
+            Err(e) => (Err(e), 0, true),
+        };
+        self.report_dead_letters(r, n, "max_age", only_notices, now)
+            .await;
+    }
+
+    async fn report_dead_letters(
+        &self,
+        r: Result<Result<std::path::PathBuf, queue::QueueError>, tokio::task::JoinError>,
+        n: usize,
+        reason: &'static str,
+        about_webhooks: bool,
+        now: f64,
+    ) {
         let id = &self.sink.cfg.id;
         match r {
+            Ok(Ok(_)) if n == 0 => {}
             Ok(Ok(path)) => {
-                self.metrics.webhook_dead_lettered(id, reason, 1);
-                tracing::error!(sink = %id, seq, reason, file = %path.display(), "webhook event moved to the dead-letter file (`xai-keys dead-letters` prints it)");
+                self.metrics.webhook_dead_lettered(id, reason, n as u64);
+                tracing::error!(sink = %id, events = n, reason, file = %path.display(), "webhook events moved to the dead-letter file (`xai-keys dead-letters` prints them)");
                 if !about_webhooks {
                     self.emit.emit_throttled(
                         &format!("webhook_dead_lettered|{id}|{reason}"),

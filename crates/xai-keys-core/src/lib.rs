@@ -9,6 +9,7 @@ mod backup;
 pub mod error;
 pub mod events;
 pub mod ops;
+pub mod peer;
 pub mod policy;
 pub mod record;
 pub mod scope;

@@ -1,0 +1,820 @@
+//! Peer authentication: the shared peer key ring, signed gossip requests and replay protection.
+//!
+//! Validators share a secret peer key. Instead of sending it in clear (the reference's
+//! `X-API-Key: <peer key>`), a sender proves knowledge of it with HMAC-SHA256 over a canonical
+//! form of the request ([`canonical`]): method, path and query, timestamp, nonce, SHA-256 of the
+//! body and the sending node's id. The headers name the key by a non-secret fingerprint, so a
+//! receiver holding several keys (current, next, previous: [`KeyRing`]) knows which to check,
+//! and rotation needs no flag day: every node first accepts the new key, then nodes switch
+//! signing to it one by one, then the old key is dropped.
+//!
+//! Pure and synchronous: time is a parameter, nothing here does I/O except reading a keyring
+//! file ([`KeyRing::from_file`]). The gateway verifies inbound requests with
+//! [`verify_peer_request`]; a Rust node signs with [`sign_peer_request`].
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Header naming the key by fingerprint.
+pub const H_KEY: &str = "x-xai-peer-key";
+/// Header with the sending node's id.
+pub const H_NODE: &str = "x-xai-peer-node";
+/// Header with the signing time (whole epoch seconds).
+pub const H_TIMESTAMP: &str = "x-xai-peer-timestamp";
+/// Header with the request's nonce (32 lowercase hex digits).
+pub const H_NONCE: &str = "x-xai-peer-nonce";
+/// Header with the SHA-256 of the body (64 lowercase hex digits).
+pub const H_BODY: &str = "x-xai-peer-content-sha256";
+/// Header with the signature (64 lowercase hex digits).
+pub const H_SIGNATURE: &str = "x-xai-peer-signature";
+/// Every signature header, for stripping before forwarding.
+pub const HEADERS: [&str; 6] = [H_KEY, H_NODE, H_TIMESTAMP, H_NONCE, H_BODY, H_SIGNATURE];
+
+/// Shortest peer key accepted (characters). Generated keys are 256 bits.
+pub const MIN_KEY_CHARS: usize = 32;
+/// Longest node id accepted.
+pub const MAX_NODE_ID_CHARS: usize = 128;
+/// Version tag of the canonical form.
+const SCHEME: &str = "XAI-PEER-HMAC-SHA256";
+
+/// A peer key. The secret never appears in `Debug`; it is zeroed when dropped.
+#[derive(Clone)]
+pub struct PeerKey {
+    secret: Zeroizing<String>,
+    fingerprint: String,
+}
+
+impl std::fmt::Debug for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeerKey({})", self.fingerprint)
+    }
+}
+
+impl PeerKey {
+    /// A key from its text; `what` names its source (a variable) in errors, which never
+    /// contain the value.
+    pub fn parse(text: &str, what: &str) -> Result<Self> {
+        let t = text.trim();
+        if t.chars().count() < MIN_KEY_CHARS {
+            return Err(Error::InvalidSecret(format!(
+                "{what}: a peer key needs at least {MIN_KEY_CHARS} characters (generate one with `xai-keys peer keygen`)"
+            )));
+        }
+        if t.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(Error::InvalidSecret(format!(
+                "{what}: a peer key may not contain spaces or control characters"
+            )));
+        }
+        Ok(PeerKey {
+            fingerprint: fingerprint_of(t),
+            secret: Zeroizing::new(t.to_string()),
+        })
+    }
+
+    /// A new random key: `xaipeer_` and 43 base64url characters (256 bits).
+    pub fn generate() -> Result<Self> {
+        let mut b = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut *b).map_err(|e| Error::Random(e.to_string()))?;
+        let text = Zeroizing::new(format!("xaipeer_{}", base64url(&*b)));
+        Self::parse(&text, "generated key")
+    }
+
+    /// The non-secret name of the key: 16 hex digits of a domain-separated SHA-256.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The secret, for printing once (`peer keygen`) or the legacy header.
+    pub fn expose(&self) -> &str {
+        &self.secret
+    }
+
+    /// Constant-time comparison with a presented legacy `X-API-Key` value.
+    pub fn matches_legacy(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let a = Sha256::digest(self.secret.as_bytes());
+        let b = Sha256::digest(presented.trim().as_bytes());
+        a.ct_eq(&b).into()
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        // HMAC takes keys of any length; the error case cannot happen.
+        match HmacSha256::new_from_slice(self.secret.as_bytes()) {
+            Ok(m) => m,
+            Err(_) => HmacSha256::new(&Default::default()),
+        }
+    }
+}
+
+fn fingerprint_of(secret: &str) -> String {
+    let d = Sha256::digest(format!("xai-keys peer key fingerprint v1\n{secret}").as_bytes());
+    hex(&d[..8])
+}
+
+/// The keys a node holds: `current` signs (and is accepted), `next` and `previous` are
+/// accepted only.
+#[derive(Clone, Debug, Default)]
+pub struct KeyRing {
+    pub current: Option<PeerKey>,
+    pub next: Option<PeerKey>,
+    pub previous: Option<PeerKey>,
+}
+
+/// Variables (and keyring-file entries) of the three keys.
+pub const VAR_CURRENT: &str = "XAI_PEER_API_KEY";
+pub const VAR_NEXT: &str = "XAI_PEER_API_KEY_NEXT";
+pub const VAR_PREVIOUS: &str = "XAI_PEER_API_KEY_PREVIOUS";
+
+impl KeyRing {
+    /// The ring from a lookup of [`VAR_CURRENT`], [`VAR_NEXT`], [`VAR_PREVIOUS`] (empty values
+    /// are absent).
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let get = |var: &str| -> Result<Option<PeerKey>> {
+            match lookup(var).filter(|v| !v.trim().is_empty()) {
+                Some(v) => PeerKey::parse(&v, var).map(Some),
+                None => Ok(None),
+            }
+        };
+        let ring = KeyRing {
+            current: get(VAR_CURRENT)?,
+            next: get(VAR_NEXT)?,
+            previous: get(VAR_PREVIOUS)?,
+        };
+        ring.check()?;
+        Ok(ring)
+    }
+
+    /// Parses a keyring file: `NAME=value` lines with the three variable names (as a Vault
+    /// agent template or an environment file writes them), `#` comments and blank lines.
+    /// Unknown names and repeated names are errors, naming the line (never the value).
+    pub fn parse_file_text(text: &str, path: &Path) -> Result<Self> {
+        let mut vals: HashMap<&str, String> = HashMap::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |why: &str| {
+                Error::InvalidInput(format!(
+                    "keyring file {} line {}: {why}",
+                    path.display(),
+                    i + 1
+                ))
+            };
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let Some((name, value)) = line.split_once('=') else {
+                return Err(bad("expected NAME=value"));
+            };
+            let name = name.trim();
+            let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+            let name = [VAR_CURRENT, VAR_NEXT, VAR_PREVIOUS]
+                .into_iter()
+                .find(|v| *v == name)
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "unknown name {name:?}: use {VAR_CURRENT}, {VAR_NEXT} or {VAR_PREVIOUS}"
+                    ))
+                })?;
+            if vals.insert(name, value.to_string()).is_some() {
+                return Err(bad(&format!("{name} is given twice")));
+            }
+        }
+        let where_ = |v: &str| format!("{v} in {}", path.display());
+        let get = |var: &str| -> Result<Option<PeerKey>> {
+            match vals.get(var).filter(|v| !v.is_empty()) {
+                Some(v) => PeerKey::parse(v, &where_(var)).map(Some),
+                None => Ok(None),
+            }
+        };
+        let ring = KeyRing {
+            current: get(VAR_CURRENT)?,
+            next: get(VAR_NEXT)?,
+            previous: get(VAR_PREVIOUS)?,
+        };
+        ring.check()?;
+        Ok(ring)
+    }
+
+    /// Reads a keyring file (at most 64 KiB, a regular file, links not followed).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes =
+            crate::store::fsutil::read_small_regular(path, 64 * 1024)?.ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "keyring file {} does not exist (XAI_PEER_KEYRING_FILE)",
+                    path.display()
+                ))
+            })?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::InvalidInput(format!("keyring file {} is not UTF-8 text", path.display()))
+        })?;
+        Self::parse_file_text(&text, path)
+    }
+
+    fn check(&self) -> Result<()> {
+        let fps: Vec<&str> = self.keys().map(|(_, k)| k.fingerprint()).collect();
+        for (i, f) in fps.iter().enumerate() {
+            if fps[i + 1..].contains(f) {
+                return Err(Error::InvalidInput(
+                    "the peer key ring holds the same key twice (current, next and previous must differ)".into(),
+                ));
+            }
+        }
+        if self.current.is_none() && (self.next.is_some() || self.previous.is_some()) {
+            return Err(Error::InvalidInput(format!(
+                "{VAR_NEXT} or {VAR_PREVIOUS} is set without {VAR_CURRENT}: the ring needs the key this node signs with"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether any peer key is configured.
+    pub fn is_configured(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// Every key with its role (`current`, `next`, `previous`).
+    pub fn keys(&self) -> impl Iterator<Item = (&'static str, &PeerKey)> {
+        [
+            ("current", self.current.as_ref()),
+            ("next", self.next.as_ref()),
+            ("previous", self.previous.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(r, k)| k.map(|k| (r, k)))
+    }
+
+    /// The key with this fingerprint.
+    pub fn by_fingerprint(&self, fp: &str) -> Option<&PeerKey> {
+        self.keys().map(|(_, k)| k).find(|k| k.fingerprint() == fp)
+    }
+
+    /// The key a legacy `X-API-Key` value is (constant time per key).
+    pub fn legacy_match(&self, presented: &str) -> Option<&PeerKey> {
+        let mut found = None;
+        for (_, k) in self.keys() {
+            if k.matches_legacy(presented) && found.is_none() {
+                found = Some(k);
+            }
+        }
+        found
+    }
+}
+
+/// The request parts a signature covers.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestParts<'a> {
+    pub method: &'a str,
+    /// Path and query exactly as sent (`/block/receive?x=1`).
+    pub path_and_query: &'a str,
+    pub body: &'a [u8],
+}
+
+/// The canonical text a signature covers.
+pub fn canonical(
+    parts: &RequestParts<'_>,
+    timestamp: i64,
+    nonce: &str,
+    body_sha256: &str,
+    node_id: &str,
+    fingerprint: &str,
+) -> String {
+    format!(
+        "{SCHEME}\n{}\n{}\n{timestamp}\n{nonce}\n{body_sha256}\n{node_id}\n{fingerprint}",
+        parts.method.to_ascii_uppercase(),
+        parts.path_and_query
+    )
+}
+
+/// Signs a request with `key` as `node_id` at `now` (epoch seconds); returns the headers to
+/// add (name, value).
+pub fn sign_peer_request(
+    key: &PeerKey,
+    node_id: &str,
+    parts: &RequestParts<'_>,
+    now: f64,
+) -> Result<Vec<(&'static str, String)>> {
+    check_node_id(node_id)?;
+    let mut n = [0u8; 16];
+    getrandom::fill(&mut n).map_err(|e| Error::Random(e.to_string()))?;
+    let nonce = hex(&n);
+    let ts = now.floor() as i64;
+    let body = hex(&Sha256::digest(parts.body));
+    let mut mac = key.mac();
+    mac.update(canonical(parts, ts, &nonce, &body, node_id, key.fingerprint()).as_bytes());
+    let sig = hex(&mac.finalize().into_bytes());
+    Ok(vec![
+        (H_KEY, key.fingerprint().to_string()),
+        (H_NODE, node_id.to_string()),
+        (H_TIMESTAMP, ts.to_string()),
+        (H_NONCE, nonce),
+        (H_BODY, body),
+        (H_SIGNATURE, sig),
+    ])
+}
+
+fn check_node_id(node_id: &str) -> Result<()> {
+    if node_id.is_empty()
+        || node_id.chars().count() > MAX_NODE_ID_CHARS
+        || !node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        return Err(Error::InvalidInput(format!(
+            "node id {:?} must be 1 to {MAX_NODE_ID_CHARS} characters of letters, digits, '-', '_', '.', ':'",
+            node_id.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// Why a peer request was refused. [`PeerRefusal::code`] is the stable reason code of the
+/// response, the security event and `xai_peer_auth_total{result}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerRefusal {
+    /// A signature header is missing, repeated or malformed (which one is said).
+    Malformed(String),
+    /// The key fingerprint is not in this node's ring.
+    UnknownKey,
+    /// The timestamp is further than the allowed skew from this node's clock.
+    Skew {
+        skew_secs: i64,
+    },
+    /// The body's SHA-256 is not the one signed.
+    BodyMismatch,
+    BadSignature,
+    /// The nonce was seen within the window.
+    Replay,
+    /// The nonce memory is full of unexpired nonces: refused rather than forgetting one.
+    NonceCapacity,
+    /// A legacy `X-API-Key` peer key while legacy mode is off.
+    LegacyDisabled,
+}
+
+impl PeerRefusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            PeerRefusal::Malformed(_) => "peer_malformed",
+            PeerRefusal::UnknownKey => "peer_unknown_key",
+            PeerRefusal::Skew { .. } => "peer_skew",
+            PeerRefusal::BodyMismatch => "peer_body_mismatch",
+            PeerRefusal::BadSignature => "peer_bad_signature",
+            PeerRefusal::Replay => "peer_replay",
+            PeerRefusal::NonceCapacity => "peer_nonce_capacity",
+            PeerRefusal::LegacyDisabled => "peer_legacy_disabled",
+        }
+    }
+
+    /// What the sender should do, for the response body.
+    pub fn message(&self) -> String {
+        match self {
+            PeerRefusal::Malformed(m) => format!("peer signature headers: {m}"),
+            PeerRefusal::UnknownKey => "the peer key named by X-XAI-Peer-Key is not in this node's key ring: check that both nodes have the same keys (`xai-keys peer status`)".into(),
+            PeerRefusal::Skew { skew_secs } => format!("the request's timestamp is {skew_secs} s from this node's clock, beyond XAI_PEER_MAX_SKEW_SECONDS: check NTP on both nodes"),
+            PeerRefusal::BodyMismatch => "the body is not the one that was signed".into(),
+            PeerRefusal::BadSignature => "the peer signature does not verify".into(),
+            PeerRefusal::Replay => "this nonce was already used: a replayed request".into(),
+            PeerRefusal::NonceCapacity => "too many peer requests within the replay window; retry shortly".into(),
+            PeerRefusal::LegacyDisabled => "peer keys in X-API-Key are not accepted here (XAI_PEER_ACCEPT_LEGACY=0): sign requests (X-XAI-Peer-* headers)".into(),
+        }
+    }
+}
+
+/// Bounded memory of nonces seen within the replay window, with an atomic check-and-record.
+/// When full of unexpired nonces it refuses new requests instead of evicting one (evicting
+/// would re-open a replay of the evicted nonce).
+pub struct NonceCache {
+    seen: Mutex<NonceState>,
+    capacity: usize,
+}
+
+struct NonceState {
+    /// (node id, nonce) → expiry (epoch seconds).
+    map: HashMap<(String, String), f64>,
+    /// Earliest expiry in the map (prune only when something can expire).
+    next_expiry: f64,
+}
+
+impl NonceCache {
+    pub fn new(capacity: usize) -> Self {
+        NonceCache {
+            seen: Mutex::new(NonceState {
+                map: HashMap::new(),
+                next_expiry: f64::INFINITY,
+            }),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Records `(node, nonce)` until `expires`; refuses a nonce already recorded and unexpired.
+    pub fn check_and_record(
+        &self,
+        node: &str,
+        nonce: &str,
+        now: f64,
+        expires: f64,
+    ) -> std::result::Result<(), PeerRefusal> {
+        let mut s = match self.seen.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if now >= s.next_expiry {
+            s.map.retain(|_, e| *e > now);
+            s.next_expiry = s.map.values().copied().fold(f64::INFINITY, f64::min);
+        }
+        let k = (node.to_string(), nonce.to_string());
+        if s.map.get(&k).is_some_and(|e| *e > now) {
+            return Err(PeerRefusal::Replay);
+        }
+        if s.map.len() >= self.capacity {
+            return Err(PeerRefusal::NonceCapacity);
+        }
+        s.map.insert(k, expires);
+        s.next_expiry = s.next_expiry.min(expires);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        match self.seen.lock() {
+            Ok(g) => g.map.len(),
+            Err(p) => p.into_inner().map.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Verification settings.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyPolicy {
+    /// `XAI_PEER_MAX_SKEW_SECONDS` (60): allowed distance of the timestamp, both directions.
+    pub max_skew_secs: i64,
+    /// `XAI_PEER_NONCE_TTL_SECONDS` (300): how long a nonce is remembered. Never shorter than
+    /// twice the skew (a timestamp accepted at the edge must still find its nonce).
+    pub nonce_ttl_secs: i64,
+}
+
+impl Default for VerifyPolicy {
+    fn default() -> Self {
+        VerifyPolicy {
+            max_skew_secs: 60,
+            nonce_ttl_secs: 300,
+        }
+    }
+}
+
+/// A verified peer request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPeer {
+    pub fingerprint: String,
+    pub node_id: String,
+}
+
+/// Whether a request carries the signed-mode headers (any of them).
+pub fn has_signature_headers(get: &dyn Fn(&str) -> Vec<String>) -> bool {
+    HEADERS.iter().any(|h| !get(h).is_empty())
+}
+
+/// Verifies a signed request. `get(header)` returns every value of a header (lower-case name).
+/// Checks, in order: headers present once and well-formed, the key in the ring, the time
+/// within the skew, the body digest against the bytes received, the HMAC (constant time),
+/// then the nonce (recorded only for a request whose signature verified, so that forged
+/// requests cannot use up nonces).
+pub fn verify_peer_request(
+    ring: &KeyRing,
+    nonces: &NonceCache,
+    policy: VerifyPolicy,
+    get: &dyn Fn(&str) -> Vec<String>,
+    parts: &RequestParts<'_>,
+    now: f64,
+) -> std::result::Result<VerifiedPeer, PeerRefusal> {
+    let one = |h: &str| -> std::result::Result<String, PeerRefusal> {
+        let v = get(h);
+        match v.as_slice() {
+            [x] => Ok(x.trim().to_string()),
+            [] => Err(PeerRefusal::Malformed(format!("{h} is missing"))),
+            _ => Err(PeerRefusal::Malformed(format!(
+                "{h} is given more than once"
+            ))),
+        }
+    };
+    let fp = one(H_KEY)?;
+    let node = one(H_NODE)?;
+    let ts = one(H_TIMESTAMP)?;
+    let nonce = one(H_NONCE)?;
+    let body_hash = one(H_BODY)?;
+    let sig = one(H_SIGNATURE)?;
+    let is_hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !is_hex(&fp, 16) {
+        return Err(PeerRefusal::Malformed(format!(
+            "{H_KEY} must be 16 lowercase hex digits"
+        )));
+    }
+    if check_node_id(&node).is_err() {
+        return Err(PeerRefusal::Malformed(format!(
+            "{H_NODE} must be 1 to {MAX_NODE_ID_CHARS} characters of letters, digits, '-', '_', '.', ':'"
+        )));
+    }
+    let ts: i64 = ts
+        .parse()
+        .ok()
+        .filter(|t: &i64| (0..=i64::from(u32::MAX) * 4).contains(t))
+        .ok_or_else(|| {
+            PeerRefusal::Malformed(format!("{H_TIMESTAMP} must be whole epoch seconds"))
+        })?;
+    if !is_hex(&nonce, 32) {
+        return Err(PeerRefusal::Malformed(format!(
+            "{H_NONCE} must be 32 lowercase hex digits"
+        )));
+    }
+    if !is_hex(&body_hash, 64) || !is_hex(&sig, 64) {
+        return Err(PeerRefusal::Malformed(format!(
+            "{H_BODY} and {H_SIGNATURE} must be 64 lowercase hex digits"
+        )));
+    }
+    let key = ring.by_fingerprint(&fp).ok_or(PeerRefusal::UnknownKey)?;
+    let skew = ts - now.floor() as i64;
+    if skew.abs() > policy.max_skew_secs {
+        return Err(PeerRefusal::Skew { skew_secs: skew });
+    }
+    let actual = hex(&Sha256::digest(parts.body));
+    {
+        use subtle::ConstantTimeEq;
+        if !bool::from(actual.as_bytes().ct_eq(body_hash.as_bytes())) {
+            return Err(PeerRefusal::BodyMismatch);
+        }
+    }
+    let mut mac = key.mac();
+    mac.update(canonical(parts, ts, &nonce, &body_hash, &node, &fp).as_bytes());
+    let sig_bytes = unhex(&sig).ok_or(PeerRefusal::BadSignature)?;
+    mac.verify_slice(&sig_bytes)
+        .map_err(|_| PeerRefusal::BadSignature)?;
+    let ttl = policy.nonce_ttl_secs.max(2 * policy.max_skew_secs) as f64;
+    // Remembered until the timestamp itself can no longer pass the skew check, at least.
+    let expires = (ts as f64 + policy.max_skew_secs as f64 + 1.0).max(now + ttl);
+    nonces.check_and_record(&node, &nonce, now, expires)?;
+    Ok(VerifiedPeer {
+        fingerprint: fp,
+        node_id: node,
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn base64url(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk.len();
+        let v = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..=n {
+            out.push(A[((v >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: f64 = 1_800_000_000.0;
+
+    fn ring(cur: &PeerKey) -> KeyRing {
+        KeyRing {
+            current: Some(cur.clone()),
+            ..Default::default()
+        }
+    }
+
+    fn headers_fn<'a>(h: &'a [(&'static str, String)]) -> impl Fn(&str) -> Vec<String> + 'a {
+        move |name: &str| {
+            h.iter()
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+                .collect()
+        }
+    }
+
+    fn parts(body: &[u8]) -> RequestParts<'_> {
+        RequestParts {
+            method: "POST",
+            path_and_query: "/block/receive",
+            body,
+        }
+    }
+
+    #[test]
+    fn a_signed_request_verifies_once() {
+        let k = PeerKey::generate().unwrap();
+        assert!(k.expose().starts_with("xaipeer_") && k.expose().len() == 8 + 43);
+        let r = ring(&k);
+        let n = NonceCache::new(100);
+        let h = sign_peer_request(&k, "node-a", &parts(b"{}"), NOW).unwrap();
+        let v = verify_peer_request(
+            &r,
+            &n,
+            VerifyPolicy::default(),
+            &headers_fn(&h),
+            &parts(b"{}"),
+            NOW + 3.0,
+        )
+        .unwrap();
+        assert_eq!(v.fingerprint, k.fingerprint());
+        assert_eq!(v.node_id, "node-a");
+        let again = verify_peer_request(
+            &r,
+            &n,
+            VerifyPolicy::default(),
+            &headers_fn(&h),
+            &parts(b"{}"),
+            NOW + 4.0,
+        );
+        assert_eq!(again.unwrap_err(), PeerRefusal::Replay);
+    }
+
+    #[test]
+    fn every_refusal_has_its_reason() {
+        let k = PeerKey::generate().unwrap();
+        let other = PeerKey::generate().unwrap();
+        let r = ring(&k);
+        let p = VerifyPolicy::default();
+        let h = sign_peer_request(&k, "node-a", &parts(b"{}"), NOW).unwrap();
+        let check = |h: &[(&'static str, String)], body: &[u8], now: f64| {
+            verify_peer_request(
+                &r,
+                &NonceCache::new(10),
+                p,
+                &headers_fn(h),
+                &parts(body),
+                now,
+            )
+            .unwrap_err()
+            .code()
+        };
+        assert_eq!(check(&h, b"{\"x\":1}", NOW), "peer_body_mismatch");
+        assert_eq!(check(&h, b"{}", NOW + 61.0), "peer_skew");
+        assert_eq!(
+            check(&h, b"{}", NOW - 61.0),
+            "peer_skew",
+            "future timestamps too"
+        );
+        let foreign = sign_peer_request(&other, "node-a", &parts(b"{}"), NOW).unwrap();
+        assert_eq!(check(&foreign, b"{}", NOW), "peer_unknown_key");
+        let mut tampered = h.clone();
+        tampered[1].1 = "node-b".into();
+        assert_eq!(check(&tampered, b"{}", NOW), "peer_bad_signature");
+        let mut missing = h.clone();
+        missing.pop();
+        assert_eq!(check(&missing, b"{}", NOW), "peer_malformed");
+        let mut twice = h.clone();
+        twice.push(h[3].clone());
+        assert_eq!(check(&twice, b"{}", NOW), "peer_malformed");
+        // The method and the path are covered.
+        let n = NonceCache::new(10);
+        let put = RequestParts {
+            method: "PUT",
+            ..parts(b"{}")
+        };
+        assert_eq!(
+            verify_peer_request(&r, &n, p, &headers_fn(&h), &put, NOW).unwrap_err(),
+            PeerRefusal::BadSignature
+        );
+    }
+
+    #[test]
+    fn forged_requests_do_not_use_up_nonces_and_a_full_cache_refuses() {
+        let k = PeerKey::generate().unwrap();
+        let r = ring(&k);
+        let p = VerifyPolicy::default();
+        let n = NonceCache::new(2);
+        let h = sign_peer_request(&k, "a", &parts(b""), NOW).unwrap();
+        let mut forged = h.clone();
+        forged[5].1 = "0".repeat(64);
+        assert!(verify_peer_request(&r, &n, p, &headers_fn(&forged), &parts(b""), NOW).is_err());
+        assert!(n.is_empty());
+        verify_peer_request(&r, &n, p, &headers_fn(&h), &parts(b""), NOW).unwrap();
+        let h2 = sign_peer_request(&k, "a", &parts(b""), NOW).unwrap();
+        verify_peer_request(&r, &n, p, &headers_fn(&h2), &parts(b""), NOW).unwrap();
+        let h3 = sign_peer_request(&k, "a", &parts(b""), NOW).unwrap();
+        assert_eq!(
+            verify_peer_request(&r, &n, p, &headers_fn(&h3), &parts(b""), NOW).unwrap_err(),
+            PeerRefusal::NonceCapacity
+        );
+        // Once the first nonces expire there is room again, and a replay of them would fail
+        // the skew check instead.
+        let later = NOW + 400.0;
+        let h4 = sign_peer_request(&k, "a", &parts(b""), later).unwrap();
+        verify_peer_request(&r, &n, p, &headers_fn(&h4), &parts(b""), later).unwrap();
+        assert_eq!(
+            verify_peer_request(&r, &n, p, &headers_fn(&h), &parts(b""), later)
+                .unwrap_err()
+                .code(),
+            "peer_skew"
+        );
+    }
+
+    #[test]
+    fn concurrent_duplicates_exactly_one_wins() {
+        let k = PeerKey::generate().unwrap();
+        let r = ring(&k);
+        let n = NonceCache::new(1000);
+        let h = sign_peer_request(&k, "a", &parts(b"x"), NOW).unwrap();
+        let wins = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    if verify_peer_request(
+                        &r,
+                        &n,
+                        VerifyPolicy::default(),
+                        &headers_fn(&h),
+                        &parts(b"x"),
+                        NOW,
+                    )
+                    .is_ok()
+                    {
+                        wins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert_eq!(wins.into_inner(), 1);
+    }
+
+    #[test]
+    fn rings_accept_next_and_previous_and_parse_files() {
+        let (a, b, c) = (
+            PeerKey::generate().unwrap(),
+            PeerKey::generate().unwrap(),
+            PeerKey::generate().unwrap(),
+        );
+        let text = format!(
+            "# written by vault agent\nXAI_PEER_API_KEY={}\nexport XAI_PEER_API_KEY_NEXT=\"{}\"\nXAI_PEER_API_KEY_PREVIOUS='{}'\n",
+            a.expose(),
+            b.expose(),
+            c.expose()
+        );
+        let r = KeyRing::parse_file_text(&text, Path::new("/run/ring")).unwrap();
+        assert_eq!(r.keys().count(), 3);
+        assert!(r.by_fingerprint(b.fingerprint()).is_some());
+        assert_eq!(
+            r.legacy_match(c.expose()).map(PeerKey::fingerprint),
+            Some(c.fingerprint())
+        );
+        assert!(r.legacy_match("not-a-key").is_none());
+        for (bad, why) in [
+            ("XAI_PEER_API_KEY=short\n", "at least 32"),
+            ("NOPE=x\n", "unknown name"),
+            ("garbage\n", "NAME=value"),
+            (
+                &*format!(
+                    "XAI_PEER_API_KEY={0}\nXAI_PEER_API_KEY_NEXT={0}\n",
+                    a.expose()
+                ),
+                "same key twice",
+            ),
+            (
+                &*format!("XAI_PEER_API_KEY_NEXT={}\n", a.expose()),
+                "without",
+            ),
+        ] {
+            let e = KeyRing::parse_file_text(bad, Path::new("/run/ring"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains(a.expose()), "{e}");
+        }
+        assert_eq!(format!("{a:?}"), format!("PeerKey({})", a.fingerprint()));
+    }
+}

@@ -340,6 +340,9 @@ fn check_node_id(node_id: &str) -> Result<()> {
 /// response, the security event and `xai_peer_auth_total{result}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerRefusal {
+    /// A peer route was called without a peer signature (a user key, or nothing) while a
+    /// peer key is configured.
+    Missing,
     /// A signature header is missing, repeated or malformed (which one is said).
     Malformed(String),
     /// The key fingerprint is not in this node's ring.
@@ -362,6 +365,7 @@ pub enum PeerRefusal {
 impl PeerRefusal {
     pub fn code(&self) -> &'static str {
         match self {
+            PeerRefusal::Missing => "peer_signature_required",
             PeerRefusal::Malformed(_) => "peer_malformed",
             PeerRefusal::UnknownKey => "peer_unknown_key",
             PeerRefusal::Skew { .. } => "peer_skew",
@@ -376,6 +380,7 @@ impl PeerRefusal {
     /// What the sender should do, for the response body.
     pub fn message(&self) -> String {
         match self {
+            PeerRefusal::Missing => "this is a peer route: sign the request with the peer key (X-XAI-Peer-* headers; `xai-keys peer sign` shows them); user keys are not accepted here".into(),
             PeerRefusal::Malformed(m) => format!("peer signature headers: {m}"),
             PeerRefusal::UnknownKey => "the peer key named by X-XAI-Peer-Key is not in this node's key ring: check that both nodes have the same keys (`xai-keys peer status`)".into(),
             PeerRefusal::Skew { skew_secs } => format!("the request's timestamp is {skew_secs} s from this node's clock, beyond XAI_PEER_MAX_SKEW_SECONDS: check NTP on both nodes"),

@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub metrics_enabled: bool,
     /// Security events, webhooks, change-window policy (`crate::telemetry`).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// The peer key ring and signed-gossip settings (`crate::peer`).
+    pub peer: crate::peer::PeerConfig,
 }
 
 /// A configuration value that cannot be used.
@@ -95,6 +97,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             metrics_enabled: true,
             telemetry: crate::telemetry::TelemetryConfig::default(),
+            peer: crate::peer::PeerConfig::default(),
         }
     }
 }
@@ -228,6 +231,7 @@ impl ServerConfig {
             )?,
             metrics_enabled: flag(lookup, "XAI_METRICS", d.metrics_enabled)?,
             telemetry: crate::telemetry::TelemetryConfig::from_lookup(lookup)?,
+            peer: crate::peer::PeerConfig::from_lookup(lookup)?,
         })
     }
 }

@@ -8,6 +8,7 @@
 //! * [`index`], [`auth`]: the in-memory key index and the pure per-request decision.
 //! * [`reload`]: keeping the index equal to the store, whoever writes it.
 //! * [`usage`]: last-use tracking, flushed beside the store.
+//! * [`peer`]: peer routes decided by signed gossip against the peer key ring.
 //! * [`telemetry`]: security events from the audit log and the gateway, counted once, logged
 //!   as JSON lines and queued for [`webhook`] delivery.
 //! * [`ratelimit`], [`metrics`], [`proxy`], [`admin`], [`bootstrap`].
@@ -26,6 +27,7 @@ pub mod error;
 pub mod index;
 pub mod metrics;
 pub mod openapi;
+pub mod peer;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;

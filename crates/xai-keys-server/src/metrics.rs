@@ -149,6 +149,7 @@ pub struct Metrics {
     webhook_info: Family<OwnedLabels, Gauge>,
     queue_write_failures: Counter,
     uncommitted: Gauge,
+    peer_auth: Family<OwnedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -360,6 +361,12 @@ impl Metrics {
             "Security events read but not yet in the queue (non-zero only while the queue cannot be written)",
             uncommitted.clone(),
         );
+        let peer_auth = Family::<OwnedLabels, Counter>::default();
+        r.register(
+            "xai_peer_auth",
+            "Requests on peer routes by result (signed, legacy, or the refusal reason) and key fingerprint (unknown for keys outside the ring)",
+            peer_auth.clone(),
+        );
         // Series exist from the start at zero: `increase()` in an alert rule cannot see the
         // first event of a series that appears with it.
         for t in xai_keys_core::events::EVENT_TYPES {
@@ -392,6 +399,7 @@ impl Metrics {
         let _ = events_dropped.get_or_create(&[("reason", "invalid")]);
         audit_chain_ok.set(1);
         Metrics {
+            peer_auth,
             queue_write_failures,
             uncommitted,
             enabled,
@@ -512,6 +520,17 @@ impl Metrics {
                 ])
                 .inc();
         }
+    }
+
+    /// A request on a peer route: `result` is `signed`, `legacy` or a refusal code; `key` a
+    /// fingerprint of the ring or `unknown`.
+    pub fn peer_auth(&self, result: &'static str, key: &str) {
+        self.peer_auth
+            .get_or_create(&vec![
+                ("result", result.to_string()),
+                ("key", key.to_string()),
+            ])
+            .inc();
     }
 
     /// An append to the event queue failed.

@@ -24,6 +24,8 @@ use crate::error::ApiError;
 
 pub const X_XAI_KEY_ID: HeaderName = HeaderName::from_static("x-xai-key-id");
 pub const X_XAI_SCOPE: HeaderName = HeaderName::from_static("x-xai-scope");
+/// Set on requests a verified peer sent: its node id (`legacy` for a legacy peer key).
+pub const X_XAI_PEER_NODE: HeaderName = HeaderName::from_static("x-xai-peer-node");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -111,6 +113,7 @@ impl Upstream {
         req: Request<Body>,
         query: Option<&str>,
         principal: Option<&Principal>,
+        peer_node: Option<&str>,
         client: IpAddr,
     ) -> (Result<Response, ApiError>, Outcome) {
         let (parts, body) = req.into_parts();
@@ -170,6 +173,16 @@ impl Upstream {
             header::HOST,
         ] {
             headers.remove(&h);
+        }
+        // Peer signatures are the gateway's business; the node learns the verified sender only.
+        for h in xai_keys_core::peer::HEADERS
+            .iter()
+            .chain([&"x-xai-peer-node"])
+        {
+            headers.remove(*h);
+        }
+        if let Some(v) = peer_node.and_then(|n| HeaderValue::from_str(n).ok()) {
+            headers.insert(X_XAI_PEER_NODE, v);
         }
         headers.insert(header::HOST, self.authority.clone());
         if let Some(h) = original_host {
@@ -244,7 +257,13 @@ impl Upstream {
 }
 
 /// Headers the gateway controls, by their lower-case names with `-`.
-const CONTROLLED: [&str; 8] = [
+const CONTROLLED: [&str; 14] = [
+    "x-xai-peer-node",
+    "x-xai-peer-key",
+    "x-xai-peer-timestamp",
+    "x-xai-peer-nonce",
+    "x-xai-peer-content-sha256",
+    "x-xai-peer-signature",
     "x-api-key",
     "x-admin-token",
     "authorization",

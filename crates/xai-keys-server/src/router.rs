@@ -33,6 +33,8 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub client: IpAddr,
+    /// The sending node of a verified peer request (`legacy` for a legacy peer key).
+    pub peer_node: Option<String>,
     pub principal: Option<Principal>,
     pub route: Arc<str>,
     /// The query to forward when it differs from the request's (an `api_key` removed).
@@ -193,6 +195,7 @@ async fn proxy(State(st): State<AppState>, mut req: Request) -> Response {
             req,
             ctx.forward_query.as_deref(),
             ctx.principal.as_ref(),
+            ctx.peer_node.as_deref(),
             ctx.client,
         )
         .await;
@@ -283,75 +286,39 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         .into_response();
     }
 
-    let creds = match credentials::extract(req.headers(), req.uri().query(), st.cfg.allow_query_key)
+    // Peer routes, once a peer key is configured: the peer signature (or, while allowed, the
+    // legacy header) decides, and a user key is never enough.
+    let peer = match crate::peer::authenticate(
+        &st,
+        &mut req,
+        client,
+        &method,
+        route.access,
+        &route.template,
+        now,
+    )
+    .await
     {
-        Ok(c) => c,
-        Err(e) => {
-            st.metrics.auth(
-                "bad_credentials",
-                "none",
-                class,
-                started.elapsed().as_secs_f64(),
-            );
-            tracing::info!(target: "xai_keys::auth", client = %client, route = %route.template, problem = %e.0, "request refused: unreadable credentials");
-            auth_event(
-                &st,
-                &AuthFailure {
-                    client,
-                    method: &method,
-                    route: &route.template,
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    let principal = if peer.is_some() {
+        None
+    } else {
+        let creds = match credentials::extract(
+            req.headers(),
+            req.uri().query(),
+            st.cfg.allow_query_key,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                st.metrics.auth(
+                    "bad_credentials",
+                    "none",
                     class,
-                    reason: "bad_credentials",
-                    key_id: None,
-                    now,
-                },
-            );
-            return ApiError::bad_request("invalid_credentials", e.0).into_response();
-        }
-    };
-    let outcome = {
-        let idx = st.index.load();
-        decide(
-            &idx,
-            route.access,
-            &method,
-            &creds,
-            st.cfg.auth_required,
-            now,
-        )
-    };
-    let decided = started.elapsed().as_secs_f64();
-    let principal = match outcome {
-        Outcome::Allowed(p) => p,
-        Outcome::Denied(d) => {
-            st.metrics.auth(d.reason(), "none", class, decided);
-            if d.is_failed_guess() && st.cfg.rate_limit_enabled {
-                let _ = st.fail_limiter.hit(&client_bucket(client), now);
-            }
-            tracing::info!(
-                target: "xai_keys::auth",
-                client = %client,
-                method = %method,
-                route = %route.template,
-                reason = d.reason(),
-                key = d.key_id().map(|k| k.fingerprint()),
-                "request refused"
-            );
-            if let Denial::Expired { key_id, expired_at } = &d {
-                st.telemetry.emitter.emit_throttled(
-                    &format!("expired|{key_id}"),
-                    "api_key_expired_attempt",
-                    Severity::Warning,
-                    now,
-                    json!({
-                        "key_id": key_id.as_str(),
-                        "expired_at": expired_at,
-                        "client": client.to_string(),
-                        "route": route.template.as_ref(),
-                        "method": method.as_str(),
-                    }),
+                    started.elapsed().as_secs_f64(),
                 );
-            } else {
+                tracing::info!(target: "xai_keys::auth", client = %client, route = %route.template, problem = %e.0, "request refused: unreadable credentials");
                 auth_event(
                     &st,
                     &AuthFailure {
@@ -359,23 +326,83 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
                         method: &method,
                         route: &route.template,
                         class,
-                        reason: d.reason(),
-                        key_id: d.key_id(),
+                        reason: "bad_credentials",
+                        key_id: None,
                         now,
                     },
                 );
+                return ApiError::bad_request("invalid_credentials", e.0).into_response();
             }
-            return d
-                .to_api_error(route.access, &route.template)
-                .into_response();
-        }
+        };
+        let outcome = {
+            let idx = st.index.load();
+            decide(
+                &idx,
+                route.access,
+                &method,
+                &creds,
+                st.cfg.auth_required,
+                now,
+            )
+        };
+        let decided = started.elapsed().as_secs_f64();
+        let principal = match outcome {
+            Outcome::Allowed(p) => p,
+            Outcome::Denied(d) => {
+                st.metrics.auth(d.reason(), "none", class, decided);
+                if d.is_failed_guess() && st.cfg.rate_limit_enabled {
+                    let _ = st.fail_limiter.hit(&client_bucket(client), now);
+                }
+                tracing::info!(
+                    target: "xai_keys::auth",
+                    client = %client,
+                    method = %method,
+                    route = %route.template,
+                    reason = d.reason(),
+                    key = d.key_id().map(|k| k.fingerprint()),
+                    "request refused"
+                );
+                if let Denial::Expired { key_id, expired_at } = &d {
+                    st.telemetry.emitter.emit_throttled(
+                        &format!("expired|{key_id}"),
+                        "api_key_expired_attempt",
+                        Severity::Warning,
+                        now,
+                        json!({
+                            "key_id": key_id.as_str(),
+                            "expired_at": expired_at,
+                            "client": client.to_string(),
+                            "route": route.template.as_ref(),
+                            "method": method.as_str(),
+                        }),
+                    );
+                } else {
+                    auth_event(
+                        &st,
+                        &AuthFailure {
+                            client,
+                            method: &method,
+                            route: &route.template,
+                            class,
+                            reason: d.reason(),
+                            key_id: d.key_id(),
+                            now,
+                        },
+                    );
+                }
+                return d
+                    .to_api_error(route.access, &route.template)
+                    .into_response();
+            }
+        };
+        st.metrics.auth(
+            "allowed",
+            principal.as_ref().map_or("none", |p| p.scope.as_str()),
+            class,
+            decided,
+        );
+        principal
     };
-    st.metrics.auth(
-        "allowed",
-        principal.as_ref().map_or("none", |p| p.scope.as_str()),
-        class,
-        decided,
-    );
 
     if st.cfg.rate_limit_enabled
         && norm.starts_with("/admin")
@@ -420,6 +447,7 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
         .map(|p| p.key_id.fingerprint().to_string());
     req.extensions_mut().insert(RequestContext {
         client,
+        peer_node: peer.map(|p| p.node_id),
         principal,
         route: route.template.clone(),
         forward_query,

@@ -25,6 +25,7 @@ pub struct Shared {
     pub fail_limiter: Limiter<IpAddr>,
     pub metrics: Arc<Metrics>,
     pub telemetry: Arc<Telemetry>,
+    pub peers: Arc<crate::peer::PeerAuth>,
     pub upstream: Option<Upstream>,
     pub clock: Clock,
 }
@@ -67,6 +68,7 @@ pub struct Gateway {
     pub(crate) state: AppState,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) watcher: Option<std::thread::JoinHandle<()>>,
+    pub(crate) peer_watcher: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Why a gateway cannot start.
@@ -106,7 +108,25 @@ impl Gateway {
             clock.clone(),
         )
         .map_err(GatewayError::Telemetry)?;
+        let peers = Arc::new(crate::peer::PeerAuth::new(&cfg.peer));
         let stop = Arc::new(AtomicBool::new(false));
+        let peer_watcher = match peers.keyring_file() {
+            Some(_) => {
+                let (p, stop) = (peers.clone(), stop.clone());
+                Some(
+                    std::thread::Builder::new()
+                        .name("xai-keys-keyring-watch".into())
+                        .spawn(move || {
+                            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                                std::thread::sleep(std::time::Duration::from_secs(1));
+                                p.poll_file();
+                            }
+                        })
+                        .map_err(GatewayError::Thread)?,
+                )
+            }
+            None => None,
+        };
         let watcher = crate::reload::spawn_watcher(
             index.clone(),
             store.clone(),
@@ -124,6 +144,7 @@ impl Gateway {
             usage: UsageTracker::default(),
             metrics,
             telemetry,
+            peers,
             upstream,
             clock,
         }));
@@ -131,11 +152,18 @@ impl Gateway {
             state,
             stop,
             watcher: Some(watcher),
+            peer_watcher,
         })
     }
 
     pub fn state(&self) -> AppState {
         self.state.clone()
+    }
+
+    /// Re-reads the peer keyring file (what SIGHUP does). `Ok(false)` without a keyring file;
+    /// on error the previous ring stays in force.
+    pub fn reload_peer_keys(&self) -> Result<bool, String> {
+        self.state.peers.reload()
     }
 
     /// The router over this gateway's state.
@@ -147,6 +175,9 @@ impl Gateway {
     pub fn stop_background(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+        if let Some(w) = self.peer_watcher.take() {
             let _ = w.join();
         }
         self.state.flush_usage();

@@ -151,7 +151,28 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
             );
         }
     }
+    let peers = gateway.state().peers.clone();
+    if let Some(f) = peers.keyring_file() {
+        tracing::info!(file = %f.display(), "peer key ring read from a file: re-read when it changes and on SIGHUP");
+    }
     rt.block_on(async move {
+        // SIGHUP re-reads the peer keyring file (a Vault agent's rotation), without a restart.
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                tracing::warn!("cannot install the SIGHUP handler; the keyring file is still re-read when it changes");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let p = peers.clone();
+                match tokio::task::spawn_blocking(move || p.reload()).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => tracing::info!("SIGHUP: no XAI_PEER_KEYRING_FILE to re-read (keys from the environment need a restart)"),
+                    Ok(Err(e)) => tracing::error!(problem = %e, "SIGHUP: the peer keyring file cannot be used; the previous ring stays in force"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+                }
+            }
+        });
         let local = listener.local_addr().context("listener address")?;
         tracing::info!(addr = %local, "listening");
         gateway

@@ -16,6 +16,7 @@ mod bootstrap;
 mod common;
 mod connections;
 mod metrics;
+mod peer;
 mod proxy;
 mod reload;
 mod store_health;

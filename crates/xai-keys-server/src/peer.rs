@@ -1,0 +1,348 @@
+//! Peer routes: signed gossip between validators, checked against the peer key ring.
+//!
+//! Once a peer key is configured, a route the policy marks `peer` is decided here and never by
+//! a user key: a request signed with a key of the ring ([`xai_keys_core::peer`]) is accepted,
+//! the reference's `X-API-Key: <peer key>` only while `XAI_PEER_ACCEPT_LEGACY=1`, anything else
+//! is refused with its own reason code (response, `peer_auth_failure` event,
+//! `xai_peer_auth_total{result, key}`). Without a peer key, peer routes behave as before (user
+//! keys), so that upgrading a node does not stop its gossip.
+//!
+//! The ring comes from the environment or from `XAI_PEER_KEYRING_FILE`, re-read when the file
+//! changes (polled every second) and on SIGHUP, so a rotation needs no restart. The key is
+//! never written anywhere by the gateway.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use xai_keys_core::events::Severity;
+use xai_keys_core::peer::{
+    HEADERS, KeyRing, NonceCache, PeerRefusal, RequestParts, VerifiedPeer, VerifyPolicy,
+    verify_peer_request,
+};
+
+use crate::config::ConfigError;
+use crate::error::ApiError;
+use crate::ratelimit::client_bucket;
+use crate::relock;
+use crate::state::AppState;
+
+/// Peer settings (`XAI_PEER_*`).
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The ring from the environment (empty when a keyring file is used).
+    pub ring: KeyRing,
+    /// `XAI_PEER_KEYRING_FILE`.
+    pub keyring_file: Option<PathBuf>,
+    /// `XAI_PEER_ACCEPT_LEGACY` (off): accept the peer key in `X-API-Key` on peer routes.
+    pub accept_legacy: bool,
+    pub policy: VerifyPolicy,
+    /// `XAI_PEER_NONCE_CAPACITY` (100000): nonces remembered at most.
+    pub nonce_capacity: usize,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            ring: KeyRing::default(),
+            keyring_file: None,
+            accept_legacy: false,
+            policy: VerifyPolicy::default(),
+            nonce_capacity: 100_000,
+        }
+    }
+}
+
+impl PeerConfig {
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let d = PeerConfig::default();
+        let get = |k: &str| {
+            lookup(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let keyring_file = get("XAI_PEER_KEYRING_FILE").map(PathBuf::from);
+        let ring = if let Some(f) = &keyring_file {
+            if [
+                xai_keys_core::peer::VAR_CURRENT,
+                xai_keys_core::peer::VAR_NEXT,
+                xai_keys_core::peer::VAR_PREVIOUS,
+            ]
+            .iter()
+            .any(|v| get(v).is_some())
+            {
+                return Err(ConfigError(
+                    "XAI_PEER_KEYRING_FILE and XAI_PEER_API_KEY[_NEXT|_PREVIOUS] are both set: keep the ring in one place".into(),
+                ));
+            }
+            KeyRing::from_file(f).map_err(|e| ConfigError(e.to_string()))?
+        } else {
+            KeyRing::from_lookup(lookup).map_err(|e| ConfigError(e.to_string()))?
+        };
+        let num = |var: &str, default: i64, min: i64, max: i64| -> Result<i64, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "{var}={v:?}: expected whole seconds from {min} to {max}"
+                        ))
+                    }),
+            }
+        };
+        let accept_legacy = match get("XAI_PEER_ACCEPT_LEGACY") {
+            None => d.accept_legacy,
+            Some(v) => xai_keys_core::policy::parse_bool("XAI_PEER_ACCEPT_LEGACY", &v)
+                .map_err(|e| ConfigError(e.to_string()))?,
+        };
+        Ok(PeerConfig {
+            ring,
+            keyring_file,
+            accept_legacy,
+            policy: VerifyPolicy {
+                max_skew_secs: num("XAI_PEER_MAX_SKEW_SECONDS", 60, 1, 3600)?,
+                nonce_ttl_secs: num("XAI_PEER_NONCE_TTL_SECONDS", 300, 1, 86_400)?,
+            },
+            nonce_capacity: usize::try_from(num(
+                "XAI_PEER_NONCE_CAPACITY",
+                100_000,
+                1000,
+                10_000_000,
+            )?)
+            .unwrap_or(100_000),
+        })
+    }
+}
+
+/// The running peer authentication: the ring (swapped whole on reload) and the nonce memory.
+pub struct PeerAuth {
+    ring: ArcSwap<KeyRing>,
+    nonces: NonceCache,
+    policy: VerifyPolicy,
+    accept_legacy: bool,
+    file: Option<PathBuf>,
+    /// What the keyring file looked like at the last read (device, inode, size, mtime).
+    file_stamp: std::sync::Mutex<Option<FileStamp>>,
+}
+
+/// Device, inode, size and modification time (seconds, nanoseconds) of a file.
+type FileStamp = (u64, u64, u64, i64, i64);
+
+fn stamp(p: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+}
+
+impl PeerAuth {
+    pub fn new(cfg: &PeerConfig) -> Self {
+        PeerAuth {
+            ring: ArcSwap::from_pointee(cfg.ring.clone()),
+            nonces: NonceCache::new(cfg.nonce_capacity),
+            policy: cfg.policy,
+            accept_legacy: cfg.accept_legacy,
+            file_stamp: std::sync::Mutex::new(cfg.keyring_file.as_deref().and_then(stamp)),
+            file: cfg.keyring_file.clone(),
+        }
+    }
+
+    pub fn ring(&self) -> Arc<KeyRing> {
+        self.ring.load_full()
+    }
+
+    pub fn keyring_file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref()
+    }
+
+    /// Re-reads the keyring file (SIGHUP, or a change seen by [`PeerAuth::poll_file`]). A file
+    /// that cannot be read or parsed leaves the current ring in place: `Err` says why.
+    /// `Ok(false)` without a keyring file.
+    pub fn reload(&self) -> Result<bool, String> {
+        let Some(f) = &self.file else {
+            return Ok(false);
+        };
+        let st = stamp(f);
+        let ring = KeyRing::from_file(f).map_err(|e| e.to_string())?;
+        let fps: Vec<String> = ring
+            .keys()
+            .map(|(role, k)| format!("{role}={}", k.fingerprint()))
+            .collect();
+        self.ring.store(Arc::new(ring));
+        *relock(&self.file_stamp) = st;
+        tracing::info!(file = %f.display(), keys = ?fps, "peer key ring loaded");
+        Ok(true)
+    }
+
+    /// Reloads when the keyring file changed since the last read (a few `stat` calls).
+    pub fn poll_file(&self) {
+        let Some(f) = &self.file else {
+            return;
+        };
+        let now = stamp(f);
+        if now == *relock(&self.file_stamp) {
+            return;
+        }
+        if let Err(e) = self.reload() {
+            // Logged once per change of the file, not at every poll.
+            *relock(&self.file_stamp) = now;
+            tracing::error!(problem = %e, "the peer keyring file changed but cannot be used; the previous ring stays in force");
+        }
+    }
+}
+
+/// Decides a request on a peer route when a peer key is configured: `Ok(Some(peer))` accepted,
+/// `Ok(None)` not this module's decision (not a peer route, or no peer key), `Err(response)`
+/// refused.
+pub async fn authenticate(
+    st: &AppState,
+    req: &mut Request,
+    client: std::net::IpAddr,
+    method: &Method,
+    access: crate::policy::Access,
+    route: &str,
+    now: f64,
+) -> Result<Option<VerifiedPeer>, Response> {
+    if access != crate::policy::Access::Peer {
+        return Ok(None);
+    }
+    let ring = st.peers.ring();
+    if !ring.is_configured() {
+        return Ok(None);
+    }
+    let signed = HEADERS.iter().any(|h| req.headers().contains_key(*h));
+    if signed {
+        let limit = st.cfg.max_proxy_body_bytes;
+        let body = std::mem::take(req.body_mut());
+        let bytes = match axum::body::to_bytes(body, limit).await {
+            Ok(b) => b,
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body exceeds {limit} bytes (XAI_PROXY_MAX_BODY_BYTES)"),
+                )
+                .into_response());
+            }
+        };
+        let headers = req.headers();
+        let get = |h: &str| -> Vec<String> {
+            headers
+                .get_all(h)
+                .iter()
+                .map(|v| v.to_str().map(str::to_string).unwrap_or_default())
+                .collect()
+        };
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+        let verdict = verify_peer_request(
+            &ring,
+            &st.peers.nonces,
+            st.peers.policy,
+            &get,
+            &RequestParts {
+                method: method.as_str(),
+                path_and_query: &pq,
+                body: &bytes,
+            },
+            now,
+        );
+        let named = get(xai_keys_core::peer::H_KEY)
+            .first()
+            .filter(|fp| ring.by_fingerprint(fp).is_some())
+            .cloned();
+        *req.body_mut() = Body::from(bytes);
+        return match verdict {
+            Ok(v) => {
+                st.metrics.peer_auth("signed", &v.fingerprint);
+                Ok(Some(v))
+            }
+            Err(r) => Err(refuse(st, &r, named.as_deref(), client, method, route, now)),
+        };
+    }
+    let legacy = req
+        .headers()
+        .get(crate::credentials::X_API_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| ring.legacy_match(v))
+        .map(|k| k.fingerprint().to_string());
+    match legacy {
+        Some(fp) if st.peers.accept_legacy => {
+            st.metrics.peer_auth("legacy", &fp);
+            Ok(Some(VerifiedPeer {
+                fingerprint: fp,
+                node_id: "legacy".into(),
+            }))
+        }
+        Some(fp) => Err(refuse(
+            st,
+            &PeerRefusal::LegacyDisabled,
+            Some(&fp),
+            client,
+            method,
+            route,
+            now,
+        )),
+        None => Err(refuse(
+            st,
+            &PeerRefusal::Missing,
+            None,
+            client,
+            method,
+            route,
+            now,
+        )),
+    }
+}
+
+fn refuse(
+    st: &AppState,
+    r: &PeerRefusal,
+    fingerprint: Option<&str>,
+    client: std::net::IpAddr,
+    method: &Method,
+    route: &str,
+    now: f64,
+) -> Response {
+    let code = r.code();
+    st.metrics.peer_auth(code, fingerprint.unwrap_or("unknown"));
+    // Forged or guessed credentials count toward the brute-force throttle.
+    if matches!(r, PeerRefusal::BadSignature | PeerRefusal::UnknownKey) && st.cfg.rate_limit_enabled
+    {
+        let _ = st.fail_limiter.hit(&client_bucket(client), now);
+    }
+    tracing::info!(target: "xai_keys::auth", client = %client, method = %method, route, reason = code, key = fingerprint.unwrap_or("-"), "peer request refused");
+    st.telemetry.emitter.emit_throttled(
+        &format!("peer_auth_failure|{}|{code}", client_bucket(client)),
+        "peer_auth_failure",
+        Severity::Warning,
+        now,
+        json!({
+            "reason": code,
+            "client": client.to_string(),
+            "method": method.as_str(),
+            "route": route,
+            "route_class": "peer",
+            "key": fingerprint,
+        }),
+    );
+    let status = match r {
+        PeerRefusal::Malformed(_) => StatusCode::BAD_REQUEST,
+        PeerRefusal::NonceCapacity => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let mut e = ApiError::new(status, code, r.message());
+    if matches!(r, PeerRefusal::NonceCapacity) {
+        e = e.with_retry_after(1);
+    }
+    e.into_response()
+}

@@ -1,0 +1,300 @@
+//! Peer routes with a peer key configured: signed gossip accepted, every refusal with its
+//! reason, replays (also concurrent), skew both ways, legacy on and off, user keys refused on
+//! peer routes and the peer key refused on user routes, keyring reload, what reaches the node.
+
+use std::time::Duration;
+
+use axum::http::Method;
+use xai_keys_core::peer::{KeyRing, PeerKey, RequestParts, sign_peer_request};
+
+use crate::common::*;
+
+fn ring_of(current: &PeerKey, next: Option<&PeerKey>) -> KeyRing {
+    KeyRing {
+        current: Some(current.clone()),
+        next: next.cloned(),
+        previous: None,
+    }
+}
+
+/// A request signed with `key` as `node` at `now`.
+fn signed(key: &PeerKey, node: &str, method: Method, path: &str, body: &[u8], now: f64) -> Req {
+    let h = sign_peer_request(
+        key,
+        node,
+        &RequestParts {
+            method: method.as_str(),
+            path_and_query: path,
+            body,
+        },
+        now,
+    )
+    .unwrap();
+    let mut r = req(method, path).raw(Some("application/json"), body);
+    for (k, v) in h {
+        r = r.h(k, &v);
+    }
+    r
+}
+
+fn harness(ring: KeyRing, legacy: bool) -> Harness {
+    Harness::with(|c| {
+        c.peer.ring = ring;
+        c.peer.accept_legacy = legacy;
+    })
+}
+
+async fn peer_metric(h: &Harness, result: &str, key: &str) -> f64 {
+    let text = h.send(get("/metrics")).await.text();
+    text.lines()
+        .filter(|l| l.starts_with("xai_peer_auth_total{"))
+        .filter(|l| {
+            l.contains(&format!("result=\"{result}\"")) && l.contains(&format!("key=\"{key}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn signed_gossip_passes_and_each_refusal_has_its_reason() {
+    let k = PeerKey::generate().unwrap();
+    let h = harness(ring_of(&k, None), false);
+    h.secrets.add(k.expose());
+    let now = h.clock.now();
+    let body = br#"{"block":1}"#;
+    h.send(signed(
+        &k,
+        "node-a",
+        Method::POST,
+        "/block/receive",
+        body,
+        now,
+    ))
+    .await
+    .passed_to_upstream();
+    assert_eq!(peer_metric(&h, "signed", k.fingerprint()).await, 1.0);
+
+    // Replay of the very same request.
+    let once = signed(&k, "node-a", Method::POST, "/block/receive", body, now);
+    h.send(once.clone()).await.passed_to_upstream();
+    h.send(once).await.err(401, "peer_replay");
+    // Another body than the one signed.
+    let mut r = signed(&k, "node-a", Method::POST, "/block/receive", body, now);
+    r.body = br#"{"block":2}"#.to_vec();
+    h.send(r).await.err(401, "peer_body_mismatch");
+    // Skew both ways.
+    for t in [now - 61.0, now + 61.0] {
+        h.send(signed(
+            &k,
+            "node-a",
+            Method::POST,
+            "/block/receive",
+            body,
+            t,
+        ))
+        .await
+        .err(401, "peer_skew");
+    }
+    // A key the node does not hold.
+    let stranger = PeerKey::generate().unwrap();
+    h.secrets.add(stranger.expose());
+    h.send(signed(
+        &stranger,
+        "node-x",
+        Method::POST,
+        "/block/receive",
+        body,
+        now,
+    ))
+    .await
+    .err(401, "peer_unknown_key");
+    // Signed for another path.
+    let mut r = signed(&k, "node-a", Method::POST, "/sync", body, now);
+    r.uri = "/block/receive".into();
+    h.send(r).await.err(401, "peer_bad_signature");
+    // A header missing.
+    let mut r = signed(&k, "node-a", Method::POST, "/block/receive", body, now);
+    r.headers.retain(|(n, _)| n != "x-xai-peer-nonce");
+    let msg = h.send(r).await.err(400, "peer_malformed");
+    assert!(msg.contains("x-xai-peer-nonce"), "{msg}");
+    // No signature: a user key is not enough on a peer route once a peer key exists.
+    h.send(post("/transaction/receive").key(&h.keys.user))
+        .await
+        .err(401, "peer_signature_required");
+    h.send(post("/transaction/receive"))
+        .await
+        .err(401, "peer_signature_required");
+    // The peer key in X-API-Key: legacy mode is off.
+    h.send(post("/transaction/receive").h("x-api-key", k.expose()))
+        .await
+        .err(401, "peer_legacy_disabled");
+    // The peer key is no user key.
+    h.send(post("/send").h("x-api-key", k.expose()))
+        .await
+        .denied(401, "unknown_key");
+    assert_eq!(peer_metric(&h, "peer_unknown_key", "unknown").await, 1.0);
+    assert_eq!(
+        peer_metric(&h, "peer_legacy_disabled", k.fingerprint()).await,
+        1.0
+    );
+    // User routes still take user keys.
+    h.send(post("/send").key(&h.keys.user))
+        .await
+        .passed_to_upstream();
+}
+
+#[tokio::test]
+async fn legacy_peer_keys_are_accepted_only_when_enabled_and_counted() {
+    let k = PeerKey::generate().unwrap();
+    let h = harness(ring_of(&k, None), true);
+    h.secrets.add(k.expose());
+    h.send(post("/transaction/receive").h("x-api-key", k.expose()))
+        .await
+        .passed_to_upstream();
+    assert_eq!(peer_metric(&h, "legacy", k.fingerprint()).await, 1.0);
+    // Still not a user key, and user keys still not peer credentials.
+    h.send(post("/send").h("x-api-key", k.expose()))
+        .await
+        .denied(401, "unknown_key");
+    h.send(post("/transaction/receive").key(&h.keys.admin))
+        .await
+        .err(401, "peer_signature_required");
+}
+
+#[tokio::test]
+async fn without_a_peer_key_peer_routes_keep_taking_user_keys() {
+    let h = Harness::new();
+    h.send(post("/transaction/receive").key(&h.keys.user))
+        .await
+        .passed_to_upstream();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_replays_of_one_request_exactly_one_passes() {
+    let k = PeerKey::generate().unwrap();
+    let h = std::sync::Arc::new(harness(ring_of(&k, None), false));
+    h.secrets.add(k.expose());
+    let r = signed(
+        &k,
+        "node-a",
+        Method::POST,
+        "/finality/vote",
+        b"{}",
+        h.clock.now(),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (h, r) = (h.clone(), r.clone());
+        tasks.push(tokio::spawn(async move { h.send(r).await.status.as_u16() }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 503).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 401).count(), 15, "{codes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_through_the_keyring_file_needs_no_restart() {
+    let old = PeerKey::generate().unwrap();
+    let new = PeerKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("peer-keyring");
+    let write = |cur: &PeerKey, next: Option<&PeerKey>, prev: Option<&PeerKey>| {
+        let mut t = format!("XAI_PEER_API_KEY={}\n", cur.expose());
+        if let Some(n) = next {
+            t.push_str(&format!("XAI_PEER_API_KEY_NEXT={}\n", n.expose()));
+        }
+        if let Some(p) = prev {
+            t.push_str(&format!("XAI_PEER_API_KEY_PREVIOUS={}\n", p.expose()));
+        }
+        // Replaced atomically, as a Vault agent does.
+        let tmp = dir.path().join("tmp");
+        std::fs::write(&tmp, t).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    write(&old, None, None);
+    let f2 = file.clone();
+    let h = Harness::with(move |c| {
+        c.peer = xai_keys_server::peer::PeerConfig::from_lookup(&|k| {
+            (k == "XAI_PEER_KEYRING_FILE").then(|| f2.display().to_string())
+        })
+        .unwrap();
+    });
+    h.secrets.add(old.expose());
+    h.secrets.add(new.expose());
+    let send = |k: &PeerKey| signed(k, "node-b", Method::POST, "/sync", b"", h.clock.now());
+    h.send(send(&old)).await.passed_to_upstream();
+    h.send(send(&new)).await.err(401, "peer_unknown_key");
+    // Phase 1: the new key is added as next; both are accepted.
+    write(&old, Some(&new), None);
+    wait_until("the ring to pick up the next key", || async {
+        h.send(send(&new)).await.status.as_u16() == 503
+    })
+    .await;
+    h.send(send(&old)).await.passed_to_upstream();
+    // Phase 2: signing switches to the new key, the old one stays accepted as previous.
+    write(&new, None, Some(&old));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.send(send(&old)).await.passed_to_upstream();
+    // Phase 3: the old key is dropped and refused.
+    write(&new, None, None);
+    wait_until("the old key to be dropped", || async {
+        h.send(send(&old)).await.status.as_u16() == 401
+    })
+    .await;
+    h.send(send(&new)).await.passed_to_upstream();
+    // A broken file keeps the ring in force.
+    std::fs::write(&file, "XAI_PEER_API_KEY=short\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.send(send(&new)).await.passed_to_upstream();
+    assert!(h.gateway.reload_peer_keys().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_sees_the_sender_and_the_body_but_no_signature_headers() {
+    let k = PeerKey::generate().unwrap();
+    let up = TestUpstream::start().await;
+    let url = up.url();
+    let ring = ring_of(&k, None);
+    let h = NetHarness::start(|c| {
+        c.upstream_url = Some(url);
+        c.peer.ring = ring;
+    })
+    .await;
+    h.net.secrets.add(k.expose());
+    let body = pattern(100_000);
+    let r = h
+        .send(signed(
+            &k,
+            "node-c",
+            Method::POST,
+            "/block/receive?height=7",
+            &body,
+            h.clock.now(),
+        ))
+        .await;
+    assert_eq!(r.status.as_u16(), 202, "{}", r.text());
+    let seen = up.last();
+    assert_eq!(seen.body_sha256, sha256(&body));
+    assert_eq!(seen.query.as_deref(), Some("height=7"));
+    assert_eq!(seen.headers["x-xai-peer-node"], "node-c");
+    // The signature headers stay at the gateway (x-xai-peer-node is set again, verified).
+    for hdr in xai_keys_core::peer::HEADERS
+        .into_iter()
+        .filter(|h| *h != xai_keys_core::peer::H_NODE)
+    {
+        assert!(seen.headers.get(hdr).is_none(), "{hdr} reached the node");
+    }
+    // A client cannot claim to be a peer on a user route.
+    let r = h
+        .send(
+            post("/send")
+                .key(&h.keys.user)
+                .h("x-xai-peer-node", "forged"),
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 202);
+    assert!(up.last().headers.get("x-xai-peer-node").is_none());
+}

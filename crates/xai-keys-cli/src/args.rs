@@ -66,6 +66,79 @@ pub enum Command {
     /// Print the security events that webhooks could not deliver (the dead-letter file), as
     /// NDJSON, decrypting with XAI_SECURITY_WEBHOOK_QUEUE_KEY when the queue is encrypted.
     DeadLetters(DeadLettersArgs),
+    /// Peer keys of the validators' gossip: generate one, show fingerprints, sign a request.
+    ///
+    /// The key ring comes from the environment: XAI_PEER_API_KEY (the current key, which
+    /// signs), XAI_PEER_API_KEY_NEXT and XAI_PEER_API_KEY_PREVIOUS (accepted, never used to
+    /// sign), or instead the file named by XAI_PEER_KEYRING_FILE (NAME=value lines with the
+    /// same three names). Setting both the file and a key variable is an error. No command but
+    /// `keygen` ever prints a key.
+    #[command(subcommand)]
+    Peer(PeerCommand),
+}
+
+/// `peer`: the shared peer key ring (issue 5).
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Generate a new 256-bit peer key and print it once; it is stored nowhere.
+    ///
+    /// The key goes to standard output, its fingerprint to standard error (with -o json, both in
+    /// one object: {"peer_key", "fingerprint"}; output to a pipe is JSON unless -o table). To rotate without failed gossip, first put the
+    /// new key into XAI_PEER_API_KEY_NEXT on every node; then switch the nodes to it as
+    /// XAI_PEER_API_KEY one by one (the old key becoming XAI_PEER_API_KEY_PREVIOUS); drop the old
+    /// key once no node uses it.
+    Keygen,
+    /// Print the fingerprint (the non-secret name) of each key of the ring, never a key.
+    ///
+    /// One line `ROLE FINGERPRINT` per key (roles current, next, previous; with --stdin, the
+    /// role is `stdin`); with -o json an array of {"role", "fingerprint"}. Compare the output of
+    /// two nodes to check that they hold the same keys. Exit 1 when no ring is configured.
+    Fingerprint(PeerFingerprintArgs),
+    /// Sign a request with the ring's current key and print the X-XAI-Peer-* headers.
+    ///
+    /// One `Name: value` line per header, for `curl -H` (use -o table in scripts: output to a pipe
+    /// is JSON by default), or one JSON object {name: value} with -o json. The signature covers
+    /// the method, the path and query, the body, the node id and the time: send exactly these,
+    /// within XAI_PEER_MAX_SKEW_SECONDS (60 s by default) and only once (the nonce is single-use).
+    #[command(after_long_help = PEER_SIGN_EXAMPLE)]
+    Sign(PeerSignArgs),
+}
+
+const PEER_SIGN_EXAMPLE: &str = "\
+Example (bash):
+  mapfile -t H < <(xai-keys -o table peer sign --method POST \\
+      --path /block/receive --body-file block.json)
+  args=(); for h in \"${H[@]}\"; do args+=(-H \"$h\"); done
+  curl \"${args[@]}\" -H 'Content-Type: application/json' \\
+      --data-binary @block.json http://peer:8080/block/receive
+
+Use --data-binary (curl's -d drops newlines, and the body would no longer match its signature).";
+
+#[derive(Debug, Args)]
+pub struct PeerFingerprintArgs {
+    /// Read one key from standard input (its first line) instead of the configured ring.
+    /// Standard input must not be a terminal (the key would show on screen): pipe it in.
+    #[arg(long)]
+    pub stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PeerSignArgs {
+    /// The HTTP method, such as POST.
+    #[arg(long)]
+    pub method: String,
+    /// The path and query exactly as sent, such as `/block/receive` or `/sync?from=10` (not a
+    /// URL: no scheme or host).
+    #[arg(long, value_name = "PATH_AND_QUERY")]
+    pub path: String,
+    /// File holding the request body, sent byte for byte; `-` reads standard input. Without it
+    /// the body is empty.
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<PathBuf>,
+    /// This node's id, as its peers know it: 1 to 128 letters, digits, '-', '_', '.', ':'
+    /// [env: XAI_PEER_NODE_ID] [default: the host name, other characters replaced by '-'].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +200,11 @@ pub struct ServeArgs {
     /// Do not generate a first admin key on a brand-new store.
     #[arg(long)]
     pub no_auto_bootstrap: bool,
+    /// Also serve the peer egress proxy on ADDR [env: XAI_PEER_EGRESS]: a node with
+    /// HTTP_PROXY=http://ADDR has its gossip to XAI_PEER_ALLOWLIST destinations signed with the
+    /// current peer key.
+    #[arg(long, value_name = "ADDR")]
+    pub peer_egress: Option<String>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

@@ -25,6 +25,8 @@ pub struct Config {
     pub json: bool,
     /// From [`LOCK_TIMEOUT_VAR`]; `None` keeps the store's default.
     pub lock_timeout: Option<Duration>,
+    /// No `--store` nor variable was given: the default path, said when a store is opened.
+    pub store_defaulted: bool,
     /// `XAI_REQUIRE_CHANGE_WINDOW`: lifecycle actions outside an open window are reported as
     /// CRITICAL by the gateway's telemetry; the CLI says so when it makes one.
     pub require_change_window: bool,
@@ -45,13 +47,6 @@ impl Config {
         let store_path = configured.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
         let store_path = std::path::absolute(&store_path)
             .with_context(|| format!("cannot resolve store path {}", store_path.display()))?;
-        if defaulted {
-            // The reference silently used whatever store the current directory held.
-            eprintln!(
-                "note: no --store or XAI_API_KEY_STORE given; using {} (relative to the current directory)",
-                store_path.display()
-            );
-        }
         let policy = TtlPolicy::from_lookup(env)?;
         let lock_timeout = env(LOCK_TIMEOUT_VAR)
             .map(|v| parse_lock_timeout(&v))
@@ -71,6 +66,7 @@ impl Config {
             json,
             lock_timeout,
             require_change_window,
+            store_defaulted: defaulted,
         })
     }
 
@@ -82,6 +78,13 @@ impl Config {
     }
 
     pub fn open_store(&self) -> Result<FileStore> {
+        if self.store_defaulted {
+            // The reference silently used whatever store the current directory held.
+            eprintln!(
+                "note: no --store or XAI_API_KEY_STORE given; using {} (relative to the current directory)",
+                self.store_path.display()
+            );
+        }
         let defaults = FileStoreOptions::default();
         let opts = FileStoreOptions {
             default_ttl_secs: self.policy.default_ttl_secs,

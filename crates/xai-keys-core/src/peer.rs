@@ -133,6 +133,8 @@ pub struct KeyRing {
 pub const VAR_CURRENT: &str = "XAI_PEER_API_KEY";
 pub const VAR_NEXT: &str = "XAI_PEER_API_KEY_NEXT";
 pub const VAR_PREVIOUS: &str = "XAI_PEER_API_KEY_PREVIOUS";
+/// Variable naming a keyring file that holds the same three entries.
+pub const VAR_KEYRING_FILE: &str = "XAI_PEER_KEYRING_FILE";
 
 impl KeyRing {
     /// The ring from a lookup of [`VAR_CURRENT`], [`VAR_NEXT`], [`VAR_PREVIOUS`] (empty values
@@ -151,6 +153,30 @@ impl KeyRing {
         };
         ring.check()?;
         Ok(ring)
+    }
+
+    /// The configured ring: from the file named by [`VAR_KEYRING_FILE`], or from the three
+    /// variables; both at once is an error naming them (the ring lives in one place). Returns
+    /// the file when one is used. The gateway and the CLI resolve it the same way.
+    pub fn resolve(
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Self, Option<std::path::PathBuf>)> {
+        let set = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        let vars: Vec<&str> = [VAR_CURRENT, VAR_NEXT, VAR_PREVIOUS]
+            .into_iter()
+            .filter(|v| set(v).is_some())
+            .collect();
+        match set(VAR_KEYRING_FILE) {
+            Some(_) if !vars.is_empty() => Err(Error::InvalidInput(format!(
+                "both {VAR_KEYRING_FILE} and {} are set: configure the peer key ring in one place only",
+                vars.join(", ")
+            ))),
+            Some(f) => {
+                let path = std::path::PathBuf::from(f.trim());
+                Ok((Self::from_file(&path)?, Some(path)))
+            }
+            None => Ok((Self::from_lookup(lookup)?, None)),
+        }
     }
 
     /// Parses a keyring file: `NAME=value` lines with the three variable names (as a Vault

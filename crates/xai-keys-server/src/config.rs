@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub telemetry: crate::telemetry::TelemetryConfig,
     /// The peer key ring and signed-gossip settings (`crate::peer`).
     pub peer: crate::peer::PeerConfig,
+    /// The peer egress proxy (`serve --peer-egress`): allow-list and node id.
+    pub egress: crate::egress::EgressConfig,
 }
 
 /// A configuration value that cannot be used.
@@ -98,6 +100,7 @@ impl Default for ServerConfig {
             metrics_enabled: true,
             telemetry: crate::telemetry::TelemetryConfig::default(),
             peer: crate::peer::PeerConfig::default(),
+            egress: crate::egress::EgressConfig::default(),
         }
     }
 }
@@ -232,6 +235,7 @@ impl ServerConfig {
             metrics_enabled: flag(lookup, "XAI_METRICS", d.metrics_enabled)?,
             telemetry: crate::telemetry::TelemetryConfig::from_lookup(lookup)?,
             peer: crate::peer::PeerConfig::from_lookup(lookup)?,
+            egress: crate::egress::EgressConfig::from_lookup(lookup)?,
         })
     }
 }

@@ -8,7 +8,8 @@
 //! * [`index`], [`auth`]: the in-memory key index and the pure per-request decision.
 //! * [`reload`]: keeping the index equal to the store, whoever writes it.
 //! * [`usage`]: last-use tracking, flushed beside the store.
-//! * [`peer`]: peer routes decided by signed gossip against the peer key ring.
+//! * [`peer`]: peer routes decided by signed gossip against the peer key ring; [`egress`]: the
+//!   forward proxy that signs a node's outbound gossip.
 //! * [`telemetry`]: security events from the audit log and the gateway, counted once, logged
 //!   as JSON lines and queued for [`webhook`] delivery.
 //! * [`ratelimit`], [`metrics`], [`proxy`], [`admin`], [`bootstrap`].
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod credentials;
+pub mod egress;
 pub mod error;
 pub mod index;
 pub mod metrics;

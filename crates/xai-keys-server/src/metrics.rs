@@ -150,6 +150,7 @@ pub struct Metrics {
     queue_write_failures: Counter,
     uncommitted: Gauge,
     peer_auth: Family<OwnedLabels, Counter>,
+    egress: Family<Labels1, Counter>,
 }
 
 impl Default for Metrics {
@@ -367,6 +368,12 @@ impl Metrics {
             "Requests on peer routes by result (signed, legacy, or the refusal reason) and key fingerprint (unknown for keys outside the ring)",
             peer_auth.clone(),
         );
+        let egress = Family::<Labels1, Counter>::default();
+        r.register(
+            "xai_peer_egress_requests",
+            "Requests through the peer egress proxy by result (signed, unsigned, or the refusal)",
+            egress.clone(),
+        );
         // Series exist from the start at zero: `increase()` in an alert rule cannot see the
         // first event of a series that appears with it.
         for t in xai_keys_core::events::EVENT_TYPES {
@@ -399,6 +406,7 @@ impl Metrics {
         let _ = events_dropped.get_or_create(&[("reason", "invalid")]);
         audit_chain_ok.set(1);
         Metrics {
+            egress,
             peer_auth,
             queue_write_failures,
             uncommitted,
@@ -531,6 +539,10 @@ impl Metrics {
                 ("key", key.to_string()),
             ])
             .inc();
+    }
+
+    pub fn egress(&self, result: &'static str) {
+        self.egress.get_or_create(&[("result", result)]).inc();
     }
 
     /// An append to the event queue failed.

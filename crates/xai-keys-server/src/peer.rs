@@ -66,24 +66,8 @@ impl PeerConfig {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
-        let keyring_file = get("XAI_PEER_KEYRING_FILE").map(PathBuf::from);
-        let ring = if let Some(f) = &keyring_file {
-            if [
-                xai_keys_core::peer::VAR_CURRENT,
-                xai_keys_core::peer::VAR_NEXT,
-                xai_keys_core::peer::VAR_PREVIOUS,
-            ]
-            .iter()
-            .any(|v| get(v).is_some())
-            {
-                return Err(ConfigError(
-                    "XAI_PEER_KEYRING_FILE and XAI_PEER_API_KEY[_NEXT|_PREVIOUS] are both set: keep the ring in one place".into(),
-                ));
-            }
-            KeyRing::from_file(f).map_err(|e| ConfigError(e.to_string()))?
-        } else {
-            KeyRing::from_lookup(lookup).map_err(|e| ConfigError(e.to_string()))?
-        };
+        let (ring, keyring_file) =
+            KeyRing::resolve(lookup).map_err(|e| ConfigError(e.to_string()))?;
         let num = |var: &str, default: i64, min: i64, max: i64| -> Result<i64, ConfigError> {
             match get(var) {
                 None => Ok(default),

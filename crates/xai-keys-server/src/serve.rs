@@ -57,6 +57,12 @@ impl Gateway {
             .telemetry
             .spawn_workers(&workers_stop)
             .map_err(std::io::Error::other)?;
+        let egress = self.egress.take().map(|l| {
+            let mut stop = workers_stop.clone();
+            tokio::spawn(crate::egress::serve(l, st.clone(), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        });
         let slots = Arc::new(Semaphore::new(st.cfg.max_connections));
         let first_byte = st.cfg.header_read_timeout;
         let graceful = GracefulShutdown::new();
@@ -143,6 +149,15 @@ impl Gateway {
         flusher.abort();
         // Webhook workers stop between deliveries; queued events stay on disk for the next run.
         let _ = workers_stop_tx.send(true);
+        if let Some(e) = egress {
+            let abort = e.abort_handle();
+            if tokio::time::timeout(st.cfg.shutdown_grace, e)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
         for w in workers {
             let abort = w.abort_handle();
             if tokio::time::timeout(Duration::from_secs(2), w)

@@ -69,6 +69,8 @@ pub struct Gateway {
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) watcher: Option<std::thread::JoinHandle<()>>,
     pub(crate) peer_watcher: Option<std::thread::JoinHandle<()>>,
+    /// The peer egress proxy's listener, served by `run` beside the main one.
+    pub(crate) egress: Option<tokio::net::TcpListener>,
 }
 
 /// Why a gateway cannot start.
@@ -153,11 +155,17 @@ impl Gateway {
             stop,
             watcher: Some(watcher),
             peer_watcher,
+            egress: None,
         })
     }
 
     pub fn state(&self) -> AppState {
         self.state.clone()
+    }
+
+    /// Also serve the peer egress proxy ([`crate::egress`]) on `listener` while running.
+    pub fn set_egress_listener(&mut self, listener: tokio::net::TcpListener) {
+        self.egress = Some(listener);
     }
 
     /// Re-reads the peer keyring file (what SIGHUP does). `Ok(false)` without a keyring file;

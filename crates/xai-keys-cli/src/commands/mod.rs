@@ -10,6 +10,7 @@ mod backup;
 mod dead_letters;
 mod events;
 mod keys;
+mod peer;
 mod serve;
 mod verify;
 mod window;
@@ -33,5 +34,6 @@ pub fn run(cmd: Command, cfg: &Config) -> Result<bool> {
         Command::Serve(a) => serve::serve(a, cfg),
         Command::Window(w) => window::window(w, cfg),
         Command::DeadLetters(a) => dead_letters::dead_letters(a, cfg),
+        Command::Peer(p) => peer::peer(p, cfg),
     }
 }

@@ -72,6 +72,32 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(listen_addr))
         .with_context(|| format!("cannot listen on {listen_addr}"))?;
+    let egress = match a.peer_egress.clone().or_else(|| {
+        std::env::var("XAI_PEER_EGRESS")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    }) {
+        Some(e) => {
+            let addr: std::net::SocketAddr = e.trim().parse().with_context(|| {
+                format!("invalid --peer-egress / XAI_PEER_EGRESS {e:?}: use IP:PORT such as 127.0.0.1:8081")
+            })?;
+            if !scfg.peer.ring.is_configured() {
+                anyhow::bail!(
+                    "--peer-egress needs a peer key to sign with: set XAI_PEER_API_KEY or XAI_PEER_KEYRING_FILE"
+                );
+            }
+            if scfg.egress.allowlist.is_empty() {
+                anyhow::bail!(
+                    "--peer-egress needs XAI_PEER_ALLOWLIST (the peers' gateways, host:port or CIDR): an egress proxy that signs for any destination would hand signed gossip to anyone"
+                );
+            }
+            Some(
+                rt.block_on(tokio::net::TcpListener::bind(addr))
+                    .with_context(|| format!("cannot listen on {addr} (--peer-egress)"))?,
+            )
+        }
+        None => None,
+    };
 
     let store: Arc<dyn KeyStore> = Arc::new(cfg.open_store()?);
     let now = xai_keys_core::now_epoch();
@@ -135,7 +161,13 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
         rules = scfg.policy.len(),
         "starting gateway"
     );
-    let gateway = Gateway::start(scfg, store, xai_keys_server::system_clock())?;
+    let mut gateway = Gateway::start(scfg, store, xai_keys_server::system_clock())?;
+    if let Some(l) = egress {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(addr = %a, "peer egress proxy listening");
+        }
+        gateway.set_egress_listener(l);
+    }
     {
         let st = gateway.state();
         let idx = st.index.load();

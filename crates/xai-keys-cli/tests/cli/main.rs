@@ -8,6 +8,7 @@ mod crash;
 mod diskfull;
 mod fixtures;
 mod operator;
+mod peer;
 mod runbook;
 mod serve;
 mod smoke;

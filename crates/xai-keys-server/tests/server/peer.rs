@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::http::Method;
 use xai_keys_core::peer::{KeyRing, PeerKey, RequestParts, sign_peer_request};
+use xai_keys_server::Gateway;
 
 use crate::common::*;
 
@@ -297,4 +298,225 @@ async fn the_node_sees_the_sender_and_the_body_but_no_signature_headers() {
         .await;
     assert_eq!(r.status.as_u16(), 202);
     assert!(up.last().headers.get("x-xai-peer-node").is_none());
+}
+
+/// One validator of the multi-node test: a test node behind a gateway with an egress proxy,
+/// its keyring in a file.
+struct Validator {
+    name: String,
+    ring_file: std::path::PathBuf,
+    state: xai_keys_server::AppState,
+    gw: Running,
+    egress: std::net::SocketAddr,
+    _node: TestUpstream,
+    _store: tempfile::TempDir,
+}
+
+fn write_ring(
+    file: &std::path::Path,
+    cur: &PeerKey,
+    next: Option<&PeerKey>,
+    prev: Option<&PeerKey>,
+) {
+    let mut t = format!("XAI_PEER_API_KEY={}\n", cur.expose());
+    if let Some(n) = next {
+        t.push_str(&format!("XAI_PEER_API_KEY_NEXT={}\n", n.expose()));
+    }
+    if let Some(p) = prev {
+        t.push_str(&format!("XAI_PEER_API_KEY_PREVIOUS={}\n", p.expose()));
+    }
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, t).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+impl Validator {
+    async fn start(name: &str, key: &PeerKey, allow: &str) -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let ring_file = store.path().join("peer-keyring");
+        write_ring(&ring_file, key, None, None);
+        let node = TestUpstream::start().await;
+        let (url, rf, allow, id) = (
+            node.url(),
+            ring_file.clone(),
+            allow.to_string(),
+            name.to_string(),
+        );
+        let mut cfg = test_config();
+        cfg.upstream_url = Some(url);
+        let lookup = move |k: &str| match k {
+            "XAI_PEER_KEYRING_FILE" => Some(rf.display().to_string()),
+            "XAI_PEER_ALLOWLIST" => Some(allow.clone()),
+            "XAI_PEER_NODE_ID" => Some(id.clone()),
+            _ => None,
+        };
+        cfg.peer = xai_keys_server::peer::PeerConfig::from_lookup(&lookup).unwrap();
+        cfg.egress = xai_keys_server::egress::EgressConfig::from_lookup(&lookup).unwrap();
+        let path = store_path(store.path());
+        let st = open_store(&path);
+        let mut gateway = Gateway::start(cfg, st, xai_keys_server::system_clock()).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let egress = l.local_addr().unwrap();
+        gateway.set_egress_listener(l);
+        let state = gateway.state();
+        let gw = Running::start(gateway).await;
+        Validator {
+            name: name.into(),
+            ring_file,
+            state,
+            gw,
+            egress,
+            _node: node,
+            _store: store,
+        }
+    }
+
+    /// Waits (bounded) until this gateway's ring has exactly these fingerprints as current.
+    async fn wait_ring(&self, current: &PeerKey, accepted: &[&PeerKey]) {
+        let st = self.state.clone();
+        let want: std::collections::BTreeSet<String> = accepted
+            .iter()
+            .map(|k| k.fingerprint().to_string())
+            .collect();
+        let cur = current.fingerprint().to_string();
+        wait_until(&format!("{}'s ring to reload", self.name), || {
+            let r = st.peers.ring();
+            let have: std::collections::BTreeSet<String> =
+                r.keys().map(|(_, k)| k.fingerprint().to_string()).collect();
+            let ok =
+                have == want && r.current.as_ref().map(|k| k.fingerprint()) == Some(cur.as_str());
+            async move { ok }
+        })
+        .await;
+    }
+}
+
+/// Three validators gossip to each other through their egress proxies, continuously, while
+/// the peer key is rotated in the three phases with the nodes switching at different moments:
+/// no gossip request fails, and at the end the old key is refused by every gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phased_rotation_across_three_validators_fails_no_gossip() {
+    let old = PeerKey::generate().unwrap();
+    let new = PeerKey::generate().unwrap();
+    // The gateways' ports are in the allow-list by address: all on loopback.
+    let mut vals = Vec::new();
+    for n in ["val-a", "val-b", "val-c"] {
+        vals.push(Validator::start(n, &old, "127.0.0.0/8").await);
+    }
+    let vals = std::sync::Arc::new(vals);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut gossipers = Vec::new();
+    for i in 0..3 {
+        let (vals, stop) = (vals.clone(), stop.clone());
+        gossipers.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .proxy(reqwest::Proxy::http(format!("http://{}", vals[i].egress)).unwrap())
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for j in (0..3).filter(|j| *j != i) {
+                    n += 1;
+                    let url = format!("http://{}/block/receive?n={n}", vals[j].gw.addr);
+                    // The reference sends its peer key in clear: the egress drops it and signs.
+                    let r = client
+                        .post(&url)
+                        .header("x-api-key", "the-reference-sends-its-key-here-0000")
+                        .body(format!("{{\"from\":{i},\"n\":{n}}}"))
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status().as_u16() == 202 => ok += 1,
+                        Ok(r) => failed.push(format!(
+                            "{i}->{j}: {} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
+                        Err(e) => failed.push(format!("{i}->{j}: {e}")),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            (ok, failed)
+        }));
+    }
+    let pause = || tokio::time::sleep(Duration::from_millis(300));
+    pause().await;
+    // Phase 1: every node adds the new key as next, one after another.
+    for v in vals.iter() {
+        write_ring(&v.ring_file, &old, Some(&new), None);
+        pause().await;
+    }
+    for v in vals.iter() {
+        v.wait_ring(&old, &[&old, &new]).await;
+    }
+    // Phase 2: nodes switch signing to the new key one by one (the old one stays accepted).
+    for v in [&vals[1], &vals[0], &vals[2]] {
+        write_ring(&v.ring_file, &new, None, Some(&old));
+        v.wait_ring(&new, &[&new, &old]).await;
+        pause().await;
+    }
+    // Phase 3: the old key is dropped everywhere.
+    for v in vals.iter() {
+        write_ring(&v.ring_file, &new, None, None);
+        pause().await;
+    }
+    for v in vals.iter() {
+        v.wait_ring(&new, &[&new]).await;
+    }
+    pause().await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for g in gossipers {
+        let (ok, failed) = g.await.unwrap();
+        assert!(failed.is_empty(), "failed gossip: {failed:#?}");
+        total += ok;
+    }
+    assert!(total > 100, "too little gossip to mean anything: {total}");
+    // The old key is refused by every gateway now.
+    let client = reqwest::Client::new();
+    for v in vals.iter() {
+        let path = "/block/receive";
+        let h = sign_peer_request(
+            &old,
+            "val-x",
+            &RequestParts {
+                method: "POST",
+                path_and_query: path,
+                body: b"{}",
+            },
+            xai_keys_core::now_epoch(),
+        )
+        .unwrap();
+        let mut rb = client
+            .post(format!("http://{}{path}", v.gw.addr))
+            .body("{}");
+        for (k, val) in h {
+            rb = rb.header(k, val);
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        assert!(r.text().await.unwrap().contains("peer_unknown_key"));
+        // And the egress counted what it signed.
+        let m = v
+            .state
+            .metrics
+            .render(&xai_keys_server::metrics::ScrapeInputs {
+                health: &v.state.index.health(),
+                inventory: &Default::default(),
+                sinks: &[],
+                window: None,
+                window_required: false,
+                audit_chain_ok: true,
+                uncommitted: 0,
+                now: 0.0,
+            });
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("xai_peer_egress_requests_total{result=\"signed\"}")),
+            "{m}"
+        );
+    }
 }

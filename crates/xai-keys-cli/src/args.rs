@@ -94,6 +94,13 @@ pub enum PeerCommand {
     /// role is `stdin`); with -o json an array of {"role", "fingerprint"}. Compare the output of
     /// two nodes to check that they hold the same keys. Exit 1 when no ring is configured.
     Fingerprint(PeerFingerprintArgs),
+    /// Show, per key fingerprint, which peers last used it and when (phase 3 of a rotation:
+    /// drop the old key once nothing uses it).
+    ///
+    /// Read from `<store>.peer-usage`, which the gateway on this store writes with its
+    /// last-use data (every few seconds). Keys of the ring configured in this environment are
+    /// listed with their role even when unused; others as `not in this ring`.
+    Status,
     /// Sign a request with the ring's current key and print the X-XAI-Peer-* headers.
     ///
     /// One `Name: value` line per header, for `curl -H` (use -o table in scripts: output to a pipe

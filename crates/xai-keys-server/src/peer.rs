@@ -115,6 +115,82 @@ pub struct PeerAuth {
     file: Option<PathBuf>,
     /// What the keyring file looked like at the last read (device, inode, size, mtime).
     file_stamp: std::sync::Mutex<Option<FileStamp>>,
+    /// Last use per (fingerprint, sending node), for `xai-keys peer status`.
+    usage: std::sync::Mutex<PeerUsage>,
+}
+
+/// Format name of the peer-usage file.
+pub const PEER_USAGE_FORMAT: &str = "xai-keys-peer-usage/1";
+
+/// When each peer last used each key: `<store>.peer-usage`, written by the gateway with its
+/// last-use flush, read by `xai-keys peer status`. Statistics only (no secret, not audited).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PeerUsage {
+    /// fingerprint → node id → use.
+    pub keys: std::collections::BTreeMap<String, std::collections::BTreeMap<String, PeerUse>>,
+    #[serde(skip)]
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PeerUse {
+    pub last_used: f64,
+    pub count: u64,
+}
+
+/// Most (fingerprint, node) pairs remembered: node ids come from senders that proved the key,
+/// but a bound keeps a misbehaving peer from growing the file without end.
+const MAX_PEER_USES: usize = 10_000;
+
+impl PeerUsage {
+    fn record(&mut self, fp: &str, node: &str, now: f64) {
+        let n = self.keys.values().map(|m| m.len()).sum::<usize>();
+        let per_key = self.keys.entry(fp.to_string()).or_default();
+        match per_key.get_mut(node) {
+            Some(u) => {
+                u.last_used = u.last_used.max(now);
+                u.count = u.count.saturating_add(1);
+            }
+            None if n < MAX_PEER_USES => {
+                per_key.insert(
+                    node.to_string(),
+                    PeerUse {
+                        last_used: now,
+                        count: 1,
+                    },
+                );
+            }
+            None => return,
+        }
+        self.dirty = true;
+    }
+
+    /// Reads the file (`None` when it does not exist).
+    pub fn read(path: &std::path::Path) -> Result<Option<Self>, String> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{} is not a peer-usage file ({e}); it only holds statistics and can be deleted",
+                path.display()
+            )
+        })?;
+        if v.get("format").and_then(serde_json::Value::as_str) != Some(PEER_USAGE_FORMAT) {
+            return Err(format!(
+                "{} is not a peer-usage file (format {PEER_USAGE_FORMAT}); it only holds statistics and can be deleted",
+                path.display()
+            ));
+        }
+        serde_json::from_value(v).map(Some).map_err(|e| {
+            format!(
+                "{} is damaged: {e}; it only holds statistics and can be deleted",
+                path.display()
+            )
+        })
+    }
 }
 
 /// Device, inode, size and modification time (seconds, nanoseconds) of a file.
@@ -135,7 +211,40 @@ impl PeerAuth {
             accept_legacy: cfg.accept_legacy,
             file_stamp: std::sync::Mutex::new(cfg.keyring_file.as_deref().and_then(stamp)),
             file: cfg.keyring_file.clone(),
+            usage: std::sync::Mutex::new(PeerUsage::default()),
         }
+    }
+
+    /// Starts from what an earlier run recorded in `path` (a damaged file is replaced).
+    pub fn load_usage(&self, path: &std::path::Path) {
+        match PeerUsage::read(path) {
+            Ok(Some(u)) => *relock(&self.usage) = u,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(problem = %e, "peer usage starts afresh"),
+        }
+    }
+
+    /// Writes the peer usage to `path` when something changed (atomically, 0600).
+    pub fn flush_usage(&self, path: &std::path::Path, now: f64) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut u = relock(&self.usage);
+        if !u.dirty {
+            return Ok(());
+        }
+        let mut v = serde_json::to_value(&*u).map_err(std::io::Error::other)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("format".into(), PEER_USAGE_FORMAT.into());
+            o.insert("updated".into(), now.into());
+        }
+        use atomic_write_file::unix::OpenOptionsExt as _;
+        let mut opts = atomic_write_file::AtomicWriteFile::options();
+        opts.preserve_mode(false);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(path)?;
+        f.write_all(v.to_string().as_bytes())?;
+        f.commit()?;
+        u.dirty = false;
+        Ok(())
     }
 
     pub fn ring(&self) -> Arc<KeyRing> {
@@ -180,6 +289,11 @@ impl PeerAuth {
             tracing::error!(problem = %e, "the peer keyring file changed but cannot be used; the previous ring stays in force");
         }
     }
+}
+
+/// `<store>.peer-usage` for a file store (`None` for other backends).
+pub fn usage_path(store_location: &str) -> Option<PathBuf> {
+    (!store_location.contains("://")).then(|| PathBuf::from(format!("{store_location}.peer-usage")))
 }
 
 /// Decides a request on a peer route when a peer key is configured: `Ok(Some(peer))` accepted,
@@ -248,6 +362,7 @@ pub async fn authenticate(
         return match verdict {
             Ok(v) => {
                 st.metrics.peer_auth("signed", &v.fingerprint);
+                relock(&st.peers.usage).record(&v.fingerprint, &v.node_id, now);
                 Ok(Some(v))
             }
             Err(r) => Err(refuse(st, &r, named.as_deref(), client, method, route, now)),
@@ -262,6 +377,7 @@ pub async fn authenticate(
     match legacy {
         Some(fp) if st.peers.accept_legacy => {
             st.metrics.peer_auth("legacy", &fp);
+            relock(&st.peers.usage).record(&fp, "legacy", now);
             Ok(Some(VerifiedPeer {
                 fingerprint: fp,
                 node_id: "legacy".into(),

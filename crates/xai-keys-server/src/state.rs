@@ -60,6 +60,11 @@ impl AppState {
             self.metrics.usage_flush_failed();
             tracing::warn!(error = %e, "could not write last-use data; kept for the next flush");
         }
+        if let Some(p) = crate::peer::usage_path(&self.store.location())
+            && let Err(e) = self.peers.flush_usage(&p, self.now())
+        {
+            tracing::warn!(error = %e, file = %p.display(), "could not write peer usage; kept for the next flush");
+        }
     }
 }
 
@@ -111,6 +116,9 @@ impl Gateway {
         )
         .map_err(GatewayError::Telemetry)?;
         let peers = Arc::new(crate::peer::PeerAuth::new(&cfg.peer));
+        if let Some(p) = crate::peer::usage_path(&store.location()) {
+            peers.load_usage(&p);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let peer_watcher = match peers.keyring_file() {
             Some(_) => {

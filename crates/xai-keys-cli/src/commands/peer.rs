@@ -28,6 +28,7 @@ pub fn peer(cmd: PeerCommand, cfg: &Config) -> Result<bool> {
     match cmd {
         PeerCommand::Keygen => keygen(cfg)?,
         PeerCommand::Fingerprint(a) => fingerprint(a, cfg, &env)?,
+        PeerCommand::Status => status(cfg, &env)?,
         PeerCommand::Sign(a) => sign(a, cfg, &env)?,
     }
     Ok(true)
@@ -92,6 +93,92 @@ pub fn ring_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<EnvRing> {
             None => RingSource::Variables,
         },
     })
+}
+
+/// `peer status`: per fingerprint, each sending node's last use, from `<store>.peer-usage`.
+fn status(cfg: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    let mut p = cfg.store_path.clone().into_os_string();
+    p.push(".peer-usage");
+    let path = PathBuf::from(p);
+    let usage = xai_keys_server::peer::PeerUsage::read(&path)
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or_default();
+    // The ring is optional here: without one, roles are unknown.
+    let ring = ring_from_env(env).ok().map(|r| r.ring);
+    let role_of = |fp: &str| -> &'static str {
+        ring.as_ref()
+            .and_then(|r| {
+                r.keys()
+                    .find(|(_, k)| k.fingerprint() == fp)
+                    .map(|(role, _)| role)
+            })
+            .unwrap_or("not in this ring")
+    };
+    let mut fps: Vec<String> = usage.keys.keys().cloned().collect();
+    if let Some(r) = &ring {
+        for (_, k) in r.keys() {
+            if !fps.iter().any(|f| f == k.fingerprint()) {
+                fps.push(k.fingerprint().to_string());
+            }
+        }
+    }
+    let now = now_epoch();
+    if cfg.json {
+        let arr: Vec<Value> = fps
+            .iter()
+            .map(|fp| {
+                let peers: Vec<Value> = usage
+                    .keys
+                    .get(fp)
+                    .map(|m| {
+                        m.iter()
+                            .map(|(node, u)| json!({"node": node, "last_used": u.last_used, "count": u.count}))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json!({"fingerprint": fp, "role": role_of(fp), "peers": peers})
+            })
+            .collect();
+        return output::json(&Value::Array(arr));
+    }
+    let mut rows = Vec::new();
+    for fp in &fps {
+        match usage.keys.get(fp).filter(|m| !m.is_empty()) {
+            None => rows.push(vec![
+                fp.clone(),
+                role_of(fp).to_string(),
+                "-".into(),
+                "never".into(),
+                "0".into(),
+            ]),
+            Some(m) => {
+                for (node, u) in m {
+                    rows.push(vec![
+                        fp.clone(),
+                        role_of(fp).to_string(),
+                        output::clean(node).into_owned(),
+                        format!(
+                            "{} ({})",
+                            output::fmt_ago(Some(u.last_used), now),
+                            output::fmt_time(Some(u.last_used))
+                        ),
+                        u.count.to_string(),
+                    ]);
+                }
+            }
+        }
+    }
+    output::table(&["FINGERPRINT", "ROLE", "PEER", "LAST USED", "USES"], &rows)?;
+    if ring.is_none() {
+        eprintln!(
+            "note: no peer key ring in this environment ({VAR_CURRENT} or {VAR_KEYRING_FILE}): roles unknown"
+        );
+    }
+    eprintln!(
+        "from {} (written by the gateway every few seconds)",
+        path.display()
+    );
+    Ok(())
 }
 
 fn keygen(cfg: &Config) -> Result<()> {

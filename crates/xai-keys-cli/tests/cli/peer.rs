@@ -504,3 +504,62 @@ fn peer_help_names_the_commands_and_the_variables() {
         assert!(text.contains(w), "{text}");
     }
 }
+
+#[test]
+fn status_lists_each_fingerprint_with_its_role_and_who_last_used_it() {
+    let (cur, next, _) = keys3();
+    let old = PeerKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("api_keys.json");
+    std::fs::write(
+        dir.path().join("api_keys.json.peer-usage"),
+        serde_json::json!({
+            "format": "xai-keys-peer-usage/1",
+            "updated": 1.0,
+            "keys": {
+                cur.fingerprint(): {"val-a": {"last_used": 1_800_000_000.0, "count": 12}},
+                old.fingerprint(): {"val-b": {"last_used": 1_700_000_000.0, "count": 3}},
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let vars = [
+        ("XAI_API_KEY_STORE", store.to_str().unwrap()),
+        ("XAI_PEER_API_KEY", cur.expose()),
+        ("XAI_PEER_API_KEY_NEXT", next.expose()),
+    ];
+    let out = peer("json", &["status"], &vars, b"");
+    assert_exit(&out, 0, &["peer", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |fp: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["fingerprint"] == fp)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(find(cur.fingerprint())["role"], "current");
+    assert_eq!(find(cur.fingerprint())["peers"][0]["node"], "val-a");
+    assert_eq!(find(cur.fingerprint())["peers"][0]["count"], 12);
+    assert_eq!(find(next.fingerprint())["role"], "next");
+    assert_eq!(
+        find(next.fingerprint())["peers"].as_array().unwrap().len(),
+        0
+    );
+    assert_eq!(find(old.fingerprint())["role"], "not in this ring");
+    assert_no_secret(&out, &[cur.expose(), next.expose()], "peer status");
+    let out = peer("table", &["status"], &vars, b"");
+    assert_exit(&out, 0, &["peer", "status"]);
+    let t = stdout(&out);
+    assert!(
+        t.contains("never") && t.contains("val-b") && t.contains("not in this ring"),
+        "{t}"
+    );
+    // A damaged file says it only holds statistics.
+    std::fs::write(dir.path().join("api_keys.json.peer-usage"), b"{oops").unwrap();
+    let out = peer("table", &["status"], &vars, b"");
+    assert_exit(&out, 1, &["peer", "status"]);
+    assert!(stderr(&out).contains("can be deleted"), "{}", stderr(&out));
+}

@@ -520,3 +520,112 @@ async fn a_phased_rotation_across_three_validators_fails_no_gossip() {
         );
     }
 }
+
+#[tokio::test]
+async fn peer_usage_records_which_node_used_which_key_for_peer_status() {
+    let k = PeerKey::generate().unwrap();
+    let h = harness(ring_of(&k, None), true);
+    h.secrets.add(k.expose());
+    let now = h.clock.now();
+    for node in ["val-1", "val-2", "val-1"] {
+        h.send(signed(&k, node, Method::POST, "/sync", b"", now))
+            .await
+            .passed_to_upstream();
+    }
+    h.send(post("/sync").h("x-api-key", k.expose()))
+        .await
+        .passed_to_upstream();
+    h.gateway.state().flush_usage();
+    let path = std::path::PathBuf::from(format!("{}.peer-usage", h.path.display()));
+    let u = xai_keys_server::peer::PeerUsage::read(&path)
+        .unwrap()
+        .unwrap();
+    let m = &u.keys[k.fingerprint()];
+    assert_eq!(m["val-1"].count, 2);
+    assert_eq!(m["val-2"].count, 1);
+    assert_eq!(m["legacy"].count, 1);
+    assert_eq!(m["val-1"].last_used, now);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // A restart starts from it.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(k.expose()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_egress_refuses_tunnels_and_foreign_destinations_and_signs_only_peer_routes() {
+    let k = PeerKey::generate().unwrap();
+    let node = TestUpstream::start().await;
+    let url = node.url();
+    let mut cfg = test_config();
+    cfg.upstream_url = Some(url);
+    cfg.peer.ring = ring_of(&k, None);
+    cfg.egress.allowlist = xai_keys_server::egress::parse_allowlist("127.0.0.1/32").unwrap();
+    cfg.egress.node_id = "val-e".into();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&store_path(dir.path()));
+    let mut gw = Gateway::start(cfg, store, xai_keys_server::system_clock()).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let egress = l.local_addr().unwrap();
+    gw.set_egress_listener(l);
+    let run = Running::start(gw).await;
+    let via = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{egress}")).unwrap())
+        .build()
+        .unwrap();
+    // A peer route: signed, accepted by the gateway (its own), seen by the node as val-e.
+    let r = via
+        .post(format!("http://{}/block/receive", run.addr))
+        .header("x-api-key", k.expose())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(node.last().headers["x-xai-peer-node"], "val-e");
+    // A destination outside the allow-list.
+    let r = via.get("http://127.0.0.2:9/blocks").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("egress_destination_refused")
+    );
+    // A plain request (not in proxy form).
+    let r = reqwest::get(format!("http://{egress}/blocks"))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("egress_not_a_proxy_request")
+    );
+    // CONNECT (an HTTPS tunnel) cannot be signed.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(egress).await.unwrap();
+    s.write_all(b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    // A public read goes through unsigned.
+    let r = via
+        .get(format!("http://{}/blocks", run.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert!(node.last().headers.get("x-xai-peer-signature").is_none());
+    run.shutdown().await;
+}

@@ -91,6 +91,12 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
                     "--peer-egress needs XAI_PEER_ALLOWLIST (the peers' gateways, host:port or CIDR): an egress proxy that signs for any destination would hand signed gossip to anyone"
                 );
             }
+            if !addr.ip().is_loopback() {
+                // Whoever reaches the egress gets gossip signed with this node's key.
+                eprintln!(
+                    "warning: --peer-egress {addr} is not a loopback address: anyone who can reach it gets requests to XAI_PEER_ALLOWLIST signed with this node's peer key; bind it to 127.0.0.1 (or firewall it to the node)"
+                );
+            }
             Some(
                 rt.block_on(tokio::net::TcpListener::bind(addr))
                     .with_context(|| format!("cannot listen on {addr} (--peer-egress)"))?,

@@ -44,6 +44,10 @@ pub struct PeerConfig {
     pub policy: VerifyPolicy,
     /// `XAI_PEER_NONCE_CAPACITY` (100000): nonces remembered at most.
     pub nonce_capacity: usize,
+    /// `XAI_P2P_DISABLE_SECURITY_EVENTS` (off): no `peer_auth_failure` events (the refusals are
+    /// still counted in `xai_peer_auth_total`). Other security events are not affected (the
+    /// reference's flag silenced all of them: defect S).
+    pub disable_events: bool,
 }
 
 impl Default for PeerConfig {
@@ -54,6 +58,7 @@ impl Default for PeerConfig {
             accept_legacy: false,
             policy: VerifyPolicy::default(),
             nonce_capacity: 100_000,
+            disable_events: false,
         }
     }
 }
@@ -87,7 +92,13 @@ impl PeerConfig {
             Some(v) => xai_keys_core::policy::parse_bool("XAI_PEER_ACCEPT_LEGACY", &v)
                 .map_err(|e| ConfigError(e.to_string()))?,
         };
+        let disable_events = match get("XAI_P2P_DISABLE_SECURITY_EVENTS") {
+            None => false,
+            Some(v) => xai_keys_core::policy::parse_bool("XAI_P2P_DISABLE_SECURITY_EVENTS", &v)
+                .map_err(|e| ConfigError(e.to_string()))?,
+        };
         Ok(PeerConfig {
+            disable_events,
             ring,
             keyring_file,
             accept_legacy,
@@ -112,6 +123,7 @@ pub struct PeerAuth {
     nonces: NonceCache,
     policy: VerifyPolicy,
     accept_legacy: bool,
+    disable_events: bool,
     file: Option<PathBuf>,
     /// What the keyring file looked like at the last read (device, inode, size, mtime).
     file_stamp: std::sync::Mutex<Option<FileStamp>>,
@@ -209,6 +221,7 @@ impl PeerAuth {
             nonces: NonceCache::new(cfg.nonce_capacity),
             policy: cfg.policy,
             accept_legacy: cfg.accept_legacy,
+            disable_events: cfg.disable_events,
             file_stamp: std::sync::Mutex::new(cfg.keyring_file.as_deref().and_then(stamp)),
             file: cfg.keyring_file.clone(),
             usage: std::sync::Mutex::new(PeerUsage::default()),
@@ -421,20 +434,22 @@ fn refuse(
         let _ = st.fail_limiter.hit(&client_bucket(client), now);
     }
     tracing::info!(target: "xai_keys::auth", client = %client, method = %method, route, reason = code, key = fingerprint.unwrap_or("-"), "peer request refused");
-    st.telemetry.emitter.emit_throttled(
-        &format!("peer_auth_failure|{}|{code}", client_bucket(client)),
-        "peer_auth_failure",
-        Severity::Warning,
-        now,
-        json!({
-            "reason": code,
-            "client": client.to_string(),
-            "method": method.as_str(),
-            "route": route,
-            "route_class": "peer",
-            "key": fingerprint,
-        }),
-    );
+    if !st.peers.disable_events {
+        st.telemetry.emitter.emit_throttled(
+            &format!("peer_auth_failure|{}|{code}", client_bucket(client)),
+            "peer_auth_failure",
+            Severity::Warning,
+            now,
+            json!({
+                "reason": code,
+                "client": client.to_string(),
+                "method": method.as_str(),
+                "route": route,
+                "route_class": "peer",
+                "key": fingerprint,
+            }),
+        );
+    }
     let status = match r {
         PeerRefusal::Malformed(_) => StatusCode::BAD_REQUEST,
         PeerRefusal::NonceCapacity => StatusCode::SERVICE_UNAVAILABLE,

@@ -239,6 +239,23 @@ impl KeyRing {
                     path.display()
                 ))
             })?;
+        // Secrets: readable by its owner (and a group, such as a Vault agent's), never by
+        // others, and writable by its owner only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::symlink_metadata(path)
+                .map_err(|e| Error::io("stat", path, e))?
+                .permissions()
+                .mode()
+                & 0o777;
+            if mode & 0o026 != 0 {
+                return Err(Error::InvalidInput(format!(
+                    "keyring file {} has permissions {mode:04o}: others can read it or group/others can write it; refusing to use it. Fix with `chmod 600 {}` (or 640 for a reader group)",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
         let text = String::from_utf8(bytes).map_err(|_| {
             Error::InvalidInput(format!("keyring file {} is not UTF-8 text", path.display()))
         })?;

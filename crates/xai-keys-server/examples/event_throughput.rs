@@ -63,6 +63,7 @@ fn audit_events_counted(m: &Metrics, idx: &Arc<IndexHandle>) -> u64 {
         window_required: false,
         audit_chain_ok: true,
         uncommitted: 0,
+        peer_keys: &[],
         now: 0.0,
     });
     text.lines()

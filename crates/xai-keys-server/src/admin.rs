@@ -352,6 +352,12 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     let health = st.index.health();
     let inventory = crate::metrics::Inventory::of(&st.index.load(), now);
     let sinks = st.telemetry.sink_views();
+    let peer_keys: Vec<(&'static str, String)> = st
+        .peers
+        .ring()
+        .keys()
+        .map(|(role, k)| (role, k.fingerprint().to_string()))
+        .collect();
     let text = st.metrics.render(&crate::metrics::ScrapeInputs {
         health: &health,
         inventory: &inventory,
@@ -360,6 +366,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         window_required: st.telemetry.window_required(),
         audit_chain_ok: st.telemetry.audit_chain_ok(),
         uncommitted: st.telemetry.uncommitted(),
+        peer_keys: &peer_keys,
         now,
     });
     (

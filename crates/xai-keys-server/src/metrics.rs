@@ -93,6 +93,8 @@ pub struct ScrapeInputs<'a> {
     pub audit_chain_ok: bool,
     /// Events read but not yet queued.
     pub uncommitted: usize,
+    /// The peer key ring in force: (role, fingerprint).
+    pub peer_keys: &'a [(&'static str, String)],
     pub now: f64,
 }
 
@@ -151,6 +153,8 @@ pub struct Metrics {
     uncommitted: Gauge,
     peer_auth: Family<OwnedLabels, Counter>,
     egress: Family<Labels1, Counter>,
+    peer_keys: Family<OwnedLabels, Gauge>,
+    keyring_reload_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -374,6 +378,18 @@ impl Metrics {
             "Requests through the peer egress proxy by result (signed, unsigned, or the refusal)",
             egress.clone(),
         );
+        let peer_keys = Family::<OwnedLabels, Gauge>::default();
+        r.register(
+            "xai_peer_key_info",
+            "The peer key ring in force: one series per key, by role (current, next, previous) and fingerprint",
+            peer_keys.clone(),
+        );
+        let keyring_reload_failures = Counter::default();
+        r.register(
+            "xai_peer_keyring_reload_failures",
+            "Keyring file changes (or SIGHUPs) that could not be used: the previous ring stayed in force",
+            keyring_reload_failures.clone(),
+        );
         // Series exist from the start at zero: `increase()` in an alert rule cannot see the
         // first event of a series that appears with it.
         for t in xai_keys_core::events::EVENT_TYPES {
@@ -406,6 +422,8 @@ impl Metrics {
         let _ = events_dropped.get_or_create(&[("reason", "invalid")]);
         audit_chain_ok.set(1);
         Metrics {
+            peer_keys,
+            keyring_reload_failures,
             egress,
             peer_auth,
             queue_write_failures,
@@ -442,6 +460,19 @@ impl Metrics {
             store_reloads,
             store_reload_failures,
             usage_flush_failures,
+        }
+    }
+
+    /// An authentication result decided outside `auth::decide` (peer routes): counted, not timed.
+    pub fn auth_count(&self, result: &'static str, scope: &'static str, route_class: &'static str) {
+        if self.enabled {
+            self.auth
+                .get_or_create(&[
+                    ("result", result),
+                    ("scope", scope),
+                    ("route_class", route_class),
+                ])
+                .inc();
         }
     }
 
@@ -541,6 +572,10 @@ impl Metrics {
             .inc();
     }
 
+    pub fn keyring_reload_failed(&self) {
+        self.keyring_reload_failures.inc();
+    }
+
     pub fn egress(&self, result: &'static str) {
         self.egress.get_or_create(&[("result", result)]).inc();
     }
@@ -601,6 +636,15 @@ impl Metrics {
             self.window_expiry.set(if open { expiry } else { 0.0 });
         }
         self.audit_chain_ok.set(flag(inp.audit_chain_ok));
+        self.peer_keys.clear();
+        for (role, fp) in inp.peer_keys {
+            self.peer_keys
+                .get_or_create(&vec![
+                    ("role", (*role).to_string()),
+                    ("fingerprint", fp.clone()),
+                ])
+                .set(1);
+        }
         self.uncommitted
             .set(i64::try_from(inp.uncommitted).unwrap_or(i64::MAX));
         for s in inp.sinks {

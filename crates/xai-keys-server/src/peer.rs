@@ -35,7 +35,7 @@ use crate::state::AppState;
 /// Peer settings (`XAI_PEER_*`).
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
-    /// The ring from the environment (empty when a keyring file is used).
+    /// The ring (from the environment or, at start, from the keyring file).
     pub ring: KeyRing,
     /// `XAI_PEER_KEYRING_FILE`.
     pub keyring_file: Option<PathBuf>,
@@ -288,19 +288,29 @@ impl PeerAuth {
     }
 
     /// Reloads when the keyring file changed since the last read (a few `stat` calls).
-    pub fn poll_file(&self) {
+    pub fn poll_file_counted(&self, metrics: &crate::metrics::Metrics) {
+        if !self.poll_file() {
+            metrics.keyring_reload_failed();
+        }
+    }
+
+    /// Reloads when the keyring file changed since the last read (a few `stat` calls); `false`
+    /// when it changed but cannot be used (the previous ring stays in force).
+    pub fn poll_file(&self) -> bool {
         let Some(f) = &self.file else {
-            return;
+            return true;
         };
         let now = stamp(f);
         if now == *relock(&self.file_stamp) {
-            return;
+            return true;
         }
         if let Err(e) = self.reload() {
             // Logged once per change of the file, not at every poll.
             *relock(&self.file_stamp) = now;
             tracing::error!(problem = %e, "the peer keyring file changed but cannot be used; the previous ring stays in force");
+            return false;
         }
+        true
     }
 }
 
@@ -367,14 +377,17 @@ pub async fn authenticate(
             },
             now,
         );
+        // The fingerprint as presented (16 hex digits, not secret) for logs and events; metrics
+        // label only fingerprints of the ring (a caller cannot grow the series).
         let named = get(xai_keys_core::peer::H_KEY)
             .first()
-            .filter(|fp| ring.by_fingerprint(fp).is_some())
-            .cloned();
+            .filter(|fp| fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|fp| fp.to_ascii_lowercase());
         *req.body_mut() = Body::from(bytes);
         return match verdict {
             Ok(v) => {
                 st.metrics.peer_auth("signed", &v.fingerprint);
+                st.metrics.auth_count("allowed", "peer", "peer");
                 relock(&st.peers.usage).record(&v.fingerprint, &v.node_id, now);
                 Ok(Some(v))
             }
@@ -390,6 +403,7 @@ pub async fn authenticate(
     match legacy {
         Some(fp) if st.peers.accept_legacy => {
             st.metrics.peer_auth("legacy", &fp);
+            st.metrics.auth_count("allowed", "peer", "peer");
             relock(&st.peers.usage).record(&fp, "legacy", now);
             Ok(Some(VerifiedPeer {
                 fingerprint: fp,
@@ -427,10 +441,17 @@ fn refuse(
     now: f64,
 ) -> Response {
     let code = r.code();
-    st.metrics.peer_auth(code, fingerprint.unwrap_or("unknown"));
-    // Forged or guessed credentials count toward the brute-force throttle.
-    if matches!(r, PeerRefusal::BadSignature | PeerRefusal::UnknownKey) && st.cfg.rate_limit_enabled
-    {
+    let ring = st.peers.ring();
+    let label = fingerprint
+        .filter(|fp| ring.by_fingerprint(fp).is_some())
+        .unwrap_or("unknown");
+    st.metrics.peer_auth(code, label);
+    // Refusals show in the general authentication counter too (the failure-spike alert).
+    st.metrics.auth_count(code, "none", "peer");
+    // A forged signature under a key of the ring counts toward the brute-force throttle. An
+    // unknown key does not: a validator whose ring lags behind a rotation would otherwise be
+    // locked out for a minute after it catches up.
+    if matches!(r, PeerRefusal::BadSignature) && st.cfg.rate_limit_enabled {
         let _ = st.fail_limiter.hit(&client_bucket(client), now);
     }
     tracing::info!(target: "xai_keys::auth", client = %client, method = %method, route, reason = code, key = fingerprint.unwrap_or("-"), "peer request refused");

@@ -122,14 +122,14 @@ impl Gateway {
         let stop = Arc::new(AtomicBool::new(false));
         let peer_watcher = match peers.keyring_file() {
             Some(_) => {
-                let (p, stop) = (peers.clone(), stop.clone());
+                let (p, stop, m) = (peers.clone(), stop.clone(), metrics.clone());
                 Some(
                     std::thread::Builder::new()
                         .name("xai-keys-keyring-watch".into())
                         .spawn(move || {
                             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                                 std::thread::sleep(std::time::Duration::from_secs(1));
-                                p.poll_file();
+                                p.poll_file_counted(&m);
                             }
                         })
                         .map_err(GatewayError::Thread)?,

@@ -189,7 +189,8 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
             );
         }
     }
-    let peers = gateway.state().peers.clone();
+    let gw_state = gateway.state();
+    let peers = gw_state.peers.clone();
     if let Some(f) = peers.keyring_file() {
         tracing::info!(file = %f.display(), "peer key ring read from a file: re-read when it changes and on SIGHUP");
     }
@@ -206,7 +207,10 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
                 match tokio::task::spawn_blocking(move || p.reload()).await {
                     Ok(Ok(true)) => {}
                     Ok(Ok(false)) => tracing::info!("SIGHUP: no XAI_PEER_KEYRING_FILE to re-read (keys from the environment need a restart)"),
-                    Ok(Err(e)) => tracing::error!(problem = %e, "SIGHUP: the peer keyring file cannot be used; the previous ring stays in force"),
+                    Ok(Err(e)) => {
+                        gw_state.metrics.keyring_reload_failed();
+                        tracing::error!(problem = %e, "SIGHUP: the peer keyring file cannot be used; the previous ring stays in force");
+                    }
                     Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
                 }
             }

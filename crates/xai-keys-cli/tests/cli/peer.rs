@@ -220,6 +220,7 @@ fn fingerprint_reads_a_keyring_file_but_not_a_file_and_variables_together() {
         ),
     )
     .unwrap();
+    chmod600(&file);
     let file_s = file.to_str().unwrap();
     let out = peer(
         "json",
@@ -443,6 +444,7 @@ fn sign_refuses_clearly_and_never_shows_the_key() {
     // A keyring file without a current key.
     let empty = env.dir.path().join("empty.env");
     std::fs::write(&empty, "# nothing yet\n").unwrap();
+    chmod600(&empty);
     let err = run(
         &["--node-id", "n1"],
         &[("XAI_PEER_KEYRING_FILE", empty.to_str().unwrap())],
@@ -562,4 +564,36 @@ fn status_lists_each_fingerprint_with_its_role_and_who_last_used_it() {
     let out = peer("table", &["status"], &vars, b"");
     assert_exit(&out, 1, &["peer", "status"]);
     assert!(stderr(&out).contains("can be deleted"), "{}", stderr(&out));
+}
+
+fn chmod600(p: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn a_keyring_file_others_can_read_is_refused() {
+    let env = Env::new();
+    let (a, _, _) = keys3();
+    let file = env.dir.path().join("ring.env");
+    std::fs::write(&file, format!("XAI_PEER_API_KEY={}\n", a.expose())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = peer(
+        "table",
+        &["fingerprint"],
+        &[("XAI_PEER_KEYRING_FILE", file.to_str().unwrap())],
+        b"",
+    );
+    assert_exit(&out, 1, &["peer", "fingerprint"]);
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    assert_no_secret(&out, &[a.expose()], "refused ring");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = peer(
+        "table",
+        &["fingerprint"],
+        &[("XAI_PEER_KEYRING_FILE", file.to_str().unwrap())],
+        b"",
+    );
+    assert_exit(&out, 0, &["peer", "fingerprint"]);
 }

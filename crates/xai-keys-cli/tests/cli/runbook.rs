@@ -1,11 +1,18 @@
 //! docs/runbook.md, executed: every `sh` code block, in order, as one bash script
 //! (`set -euo pipefail`) against a scratch store, a running `xai-keys serve`, a stand-in node
 //! behind it and a stand-in SOC webhook, with the settings the runbook documents at its top
-//! (`XAI_API_KEY_STORE`, `GATEWAY`, `ADMIN_KEY`, `WEBHOOK_URL`, `BACKUP_DIR`). A step that stops
-//! working makes this test fail and prints the block, its line in the runbook and its output.
+//! (`XAI_API_KEY_STORE`, `GATEWAY`, `ADMIN_KEY`, `WEBHOOK_URL`, `BACKUP_DIR`, `PEER_KEYRING`,
+//! `PEER_EGRESS`). A step that stops working makes this test fail and prints the block, its
+//! line in the runbook and its output.
+//!
+//! The gateway is a validator's: its peer key ring comes from a keyring file (a fresh key as
+//! `XAI_PEER_API_KEY`, as a Vault agent would render it) that the runbook's peer-key rotations
+//! rewrite while it runs, and it serves the peer egress proxy on a fixed loopback port.
 //!
 //! Also checked: the runbook's CLI steps reach the SOC (the webhook receives the `revoke`
-//! audit event), and every `runbook:` link in the alert rules names a heading of the runbook.
+//! audit event), the runbook really rotated the peer key (the ring no longer holds the first
+//! key, and neither the script's output nor the gateway's log ever shows it), and every
+//! `runbook:` link in the alert rules names a heading of the runbook.
 //!
 //! Both helper servers are plain `std::net` threads on 127.0.0.1: nothing leaves loopback.
 
@@ -17,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use xai_keys_core::peer::{KeyRing, PeerKey};
 
 use crate::common::*;
 
@@ -41,6 +49,32 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 const DELIVERY: Duration = Duration::from_secs(10);
 /// The admin secret the test's gateway bootstraps (`XAI_BOOTSTRAP_ADMIN_KEY`, ≥ 32 characters).
 const ADMIN_SECRET: &str = "runbook-test-admin-secret-0f3c9a7e5d1b2468ace0";
+/// The node id the gateway's egress proxy signs as (`XAI_PEER_NODE_ID`).
+const NODE_ID: &str = "runbook-validator-1";
+
+/// The validator's peer key ring as a Vault agent renders it: `XAI_PEER_API_KEY=<key>` in a
+/// 0600 file inside a 0700 directory. Returns the file and the key.
+fn write_keyring(dir: &Path) -> (PathBuf, PeerKey) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new().mode(0o700).create(dir).unwrap();
+    let key = PeerKey::generate().unwrap();
+    let file = dir.join("keyring.env");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .unwrap();
+    writeln!(f, "XAI_PEER_API_KEY={}", key.expose()).unwrap();
+    (file, key)
+}
+
+/// A loopback port free right now (bound, read, released) for the egress proxy, whose address
+/// the runbook's blocks need before the gateway starts.
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
 
 // ---------------------------------------------------------------------------------------------
 // Extraction
@@ -311,19 +345,31 @@ fn runbook_sh_blocks_run_top_to_bottom_against_a_live_gateway() {
     let events_log_s = events_log.to_string_lossy().into_owned();
     let upstream = node.url("");
     let webhook = soc.url("/xai-security");
+    let (keyring, first_peer_key) = write_keyring(&env.dir.path().join("peer"));
+    let keyring_s = keyring.to_string_lossy().into_owned();
+    let egress = format!("127.0.0.1:{}", free_port());
     let gateway_vars: Vec<(&str, &str)> = vec![
         ("XAI_BOOTSTRAP_ADMIN_KEY", ADMIN_SECRET),
         ("XAI_UPSTREAM_URL", &upstream),
         ("XAI_SECURITY_WEBHOOK_URL", &webhook),
         ("XAI_SECURITY_EVENT_LOG", &events_log_s),
         ("XAI_REQUIRE_CHANGE_WINDOW", "1"),
-        // Flush last-use data often, so `list` shows it within the script's pace.
+        // Flush last-use data often, so `list` and `peer status` show it within the script's
+        // pace.
         ("XAI_USAGE_FLUSH_SECS", "0.2"),
         // Production limits (serve_cmd turns them off for the other tests): the runbook must
         // work within them.
         ("XAI_RATE_LIMIT_ENABLED", "1"),
+        // A validator's gateway: the peer key ring from a file the runbook rewrites, and the
+        // egress proxy for a node that cannot sign, allowed to reach loopback peers only.
+        ("XAI_PEER_KEYRING_FILE", &keyring_s),
+        ("XAI_PEER_ALLOWLIST", "127.0.0.0/8"),
+        ("XAI_PEER_NODE_ID", NODE_ID),
     ];
-    let gw = env.serve(&["--no-auto-bootstrap"], &gateway_vars);
+    let gw = env.serve(
+        &["--no-auto-bootstrap", "--peer-egress", &egress],
+        &gateway_vars,
+    );
 
     let work = env.dir.path().join("work");
     let backups = env.dir.path().join("backups");
@@ -351,6 +397,8 @@ fn runbook_sh_blocks_run_top_to_bottom_against_a_live_gateway() {
         ("ADMIN_KEY", ADMIN_SECRET.to_string()),
         ("WEBHOOK_URL", webhook.clone()),
         ("BACKUP_DIR", backups.to_string_lossy().into_owned()),
+        ("PEER_KEYRING", keyring_s.clone()),
+        ("PEER_EGRESS", format!("http://{egress}")),
         ("TMPDIR", tmp.to_string_lossy().into_owned()),
     ];
     let started = Instant::now();
@@ -398,6 +446,39 @@ fn runbook_sh_blocks_run_top_to_bottom_against_a_live_gateway() {
         "the revoke the webhook received should be the runbook's CLI revoke: {revoke}"
     );
     assert!(revoke["event_id"].as_str().is_some(), "{revoke}");
+
+    // The runbook rotated the peer key: the ring it leaves holds neither the first key nor
+    // anything but a current key, and no key ever reached the script's output or the log.
+    let ring = KeyRing::from_file(&keyring).unwrap();
+    let fps: Vec<(&str, &str)> = ring.keys().map(|(r, k)| (r, k.fingerprint())).collect();
+    assert!(
+        ring.by_fingerprint(first_peer_key.fingerprint()).is_none()
+            && fps.len() == 1
+            && fps[0].0 == "current",
+        "after the runbook the ring should hold only a new current key; it holds {fps:?} (first key {})",
+        first_peer_key.fingerprint()
+    );
+    let secret = first_peer_key.expose();
+    assert!(
+        !output.contains(secret),
+        "the runbook script printed the peer key"
+    );
+    assert!(
+        !gw.stderr().contains(secret),
+        "the gateway logged the peer key"
+    );
+    // Gossip reached the node: signed requests from the peers and through the egress proxy.
+    let gossip = node
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p == "/block/receive")
+        .count();
+    assert!(
+        gossip > 0,
+        "the stand-in node received no /block/receive gossip"
+    );
 }
 
 fn tail(text: &str, lines: usize) -> String {

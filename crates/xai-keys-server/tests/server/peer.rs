@@ -213,6 +213,7 @@ async fn a_rotation_through_the_keyring_file_needs_no_restart() {
         // Replaced atomically, as a Vault agent does.
         let tmp = dir.path().join("tmp");
         std::fs::write(&tmp, t).unwrap();
+        chmod600(&tmp);
         std::fs::rename(&tmp, &file).unwrap();
     };
     write(&old, None, None);
@@ -246,7 +247,7 @@ async fn a_rotation_through_the_keyring_file_needs_no_restart() {
     })
     .await;
     h.send(send(&new)).await.passed_to_upstream();
-    // A broken file keeps the ring in force.
+    // A broken file keeps the ring in force, and so does one others can read.
     std::fs::write(&file, "XAI_PEER_API_KEY=short\n").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     h.send(send(&new)).await.passed_to_upstream();
@@ -327,6 +328,7 @@ fn write_ring(
     }
     let tmp = file.with_extension("tmp");
     std::fs::write(&tmp, t).unwrap();
+    chmod600(&tmp);
     std::fs::rename(&tmp, file).unwrap();
 }
 
@@ -511,6 +513,7 @@ async fn a_phased_rotation_across_three_validators_fails_no_gossip() {
                 window_required: false,
                 audit_chain_ok: true,
                 uncommitted: 0,
+                peer_keys: &[],
                 now: 0.0,
             });
         assert!(
@@ -628,4 +631,9 @@ async fn the_egress_refuses_tunnels_and_foreign_destinations_and_signs_only_peer
     assert_eq!(r.status().as_u16(), 202);
     assert!(node.last().headers.get("x-xai-peer-signature").is_none());
     run.shutdown().await;
+}
+
+fn chmod600(p: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

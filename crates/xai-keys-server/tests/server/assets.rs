@@ -1541,7 +1541,13 @@ async fn every_metric_and_label_of_the_rules_and_dashboard_is_exported() {
             max: 1,
             window_secs: 60.0,
         };
+        c.peer.ring = xai_keys_core::peer::KeyRing {
+            current: Some(xai_keys_core::peer::PeerKey::generate().unwrap()),
+            ..Default::default()
+        };
     });
+    // A refused peer request: xai_peer_auth_total.
+    h.send(post("/sync")).await;
     h.send(get("/blocks")).await; // no upstream: xai_gateway_upstream_requests_total
     h.issue_http(serde_json::json!({"label": "assets", "scope": "user"}))
         .await;

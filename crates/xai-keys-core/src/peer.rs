@@ -399,8 +399,11 @@ pub enum PeerRefusal {
     BadSignature,
     /// The nonce was seen within the window.
     Replay,
-    /// The nonce memory is full of unexpired nonces: refused rather than forgetting one.
-    NonceCapacity,
+    /// The nonce memory is full of unexpired nonces: refused rather than forgetting one. The
+    /// oldest nonce of the full part of the cache expires in `retry_after_secs`.
+    NonceCapacity {
+        retry_after_secs: u64,
+    },
     /// A legacy `X-API-Key` peer key while legacy mode is off.
     LegacyDisabled,
 }
@@ -415,7 +418,7 @@ impl PeerRefusal {
             PeerRefusal::BodyMismatch => "peer_body_mismatch",
             PeerRefusal::BadSignature => "peer_bad_signature",
             PeerRefusal::Replay => "peer_replay",
-            PeerRefusal::NonceCapacity => "peer_nonce_capacity",
+            PeerRefusal::NonceCapacity { .. } => "peer_nonce_capacity",
             PeerRefusal::LegacyDisabled => "peer_legacy_disabled",
         }
     }
@@ -430,7 +433,7 @@ impl PeerRefusal {
             PeerRefusal::BodyMismatch => "the body is not the one that was signed".into(),
             PeerRefusal::BadSignature => "the peer signature does not verify".into(),
             PeerRefusal::Replay => "this nonce was already used: a replayed request".into(),
-            PeerRefusal::NonceCapacity => "too many peer requests within the replay window; retry shortly".into(),
+            PeerRefusal::NonceCapacity { retry_after_secs } => format!("too many peer requests within the replay window (XAI_PEER_NONCE_CAPACITY); retry in {retry_after_secs} s"),
             PeerRefusal::LegacyDisabled => "peer keys in X-API-Key are not accepted here (XAI_PEER_ACCEPT_LEGACY=0): sign requests (X-XAI-Peer-* headers)".into(),
         }
     }
@@ -439,27 +442,73 @@ impl PeerRefusal {
 /// Bounded memory of nonces seen within the replay window, with an atomic check-and-record.
 /// When full of unexpired nonces it refuses new requests instead of evicting one (evicting
 /// would re-open a replay of the evicted nonce).
+///
+/// Built for a steady stream: entries are 16-byte digests of (node, nonce) spread over
+/// [`NONCE_SHARDS`] independently locked shards, and expired entries leave by whole
+/// one-second buckets, so a request never scans the cache or waits behind another shard's
+/// growth.
 pub struct NonceCache {
-    seen: Mutex<NonceState>,
-    capacity: usize,
+    shards: Vec<Mutex<NonceShard>>,
+    per_shard: usize,
 }
 
-struct NonceState {
-    /// (node id, nonce) → expiry (epoch seconds).
-    map: HashMap<(String, String), f64>,
-    /// Earliest expiry in the map (prune only when something can expire).
-    next_expiry: f64,
+/// Independently locked parts of a [`NonceCache`].
+pub const NONCE_SHARDS: usize = 16;
+
+#[derive(Default)]
+struct NonceShard {
+    /// digest of (node, nonce) → expiry (whole epoch seconds, exclusive).
+    map: HashMap<[u8; 16], u64>,
+    /// expiry second → digests expiring then.
+    by_expiry: std::collections::BTreeMap<u64, Vec<[u8; 16]>>,
+}
+
+impl NonceShard {
+    /// Drops every entry whose expiry second has come.
+    fn prune(&mut self, now_sec: u64) {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            if *entry.key() > now_sec {
+                break;
+            }
+            let (sec, keys) = entry.remove_entry();
+            for k in keys {
+                if self.map.get(&k) == Some(&sec) {
+                    self.map.remove(&k);
+                }
+            }
+        }
+    }
 }
 
 impl NonceCache {
+    /// A cache holding at most about `capacity` nonces (rounded up to a multiple of the shard
+    /// count).
     pub fn new(capacity: usize) -> Self {
+        let per_shard = capacity.max(1).div_ceil(NONCE_SHARDS);
         NonceCache {
-            seen: Mutex::new(NonceState {
-                map: HashMap::new(),
-                next_expiry: f64::INFINITY,
-            }),
-            capacity: capacity.max(1),
+            shards: (0..NONCE_SHARDS)
+                .map(|_| {
+                    Mutex::new(NonceShard {
+                        // Room for the usual load up front: growing a large map under the
+                        // lock would stall the shard's requests.
+                        map: HashMap::with_capacity(per_shard.min(1 << 16)),
+                        by_expiry: Default::default(),
+                    })
+                })
+                .collect(),
+            per_shard,
         }
+    }
+
+    fn key(node: &str, nonce: &str) -> [u8; 16] {
+        let mut h = Sha256::new();
+        h.update(node.as_bytes());
+        h.update([0u8]);
+        h.update(nonce.as_bytes());
+        let d = h.finalize();
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&d[..16]);
+        k
     }
 
     /// Records `(node, nonce)` until `expires`; refuses a nonce already recorded and unexpired.
@@ -470,31 +519,38 @@ impl NonceCache {
         now: f64,
         expires: f64,
     ) -> std::result::Result<(), PeerRefusal> {
-        let mut s = match self.seen.lock() {
+        let k = Self::key(node, nonce);
+        let shard = &self.shards[usize::from(k[0]) % NONCE_SHARDS];
+        let mut s = match shard.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if now >= s.next_expiry {
-            s.map.retain(|_, e| *e > now);
-            s.next_expiry = s.map.values().copied().fold(f64::INFINITY, f64::min);
-        }
-        let k = (node.to_string(), nonce.to_string());
-        if s.map.get(&k).is_some_and(|e| *e > now) {
+        let now_sec = now.max(0.0).floor() as u64;
+        s.prune(now_sec);
+        if s.map.get(&k).is_some_and(|e| *e > now_sec) {
             return Err(PeerRefusal::Replay);
         }
-        if s.map.len() >= self.capacity {
-            return Err(PeerRefusal::NonceCapacity);
+        if s.map.len() >= self.per_shard {
+            let oldest = s.by_expiry.keys().next().copied().unwrap_or(now_sec + 1);
+            return Err(PeerRefusal::NonceCapacity {
+                retry_after_secs: oldest.saturating_sub(now_sec).max(1),
+            });
         }
-        s.map.insert(k, expires);
-        s.next_expiry = s.next_expiry.min(expires);
+        // Whole seconds, rounded up: never forgotten before `expires`.
+        let exp = expires.max(0.0).ceil() as u64;
+        s.map.insert(k, exp);
+        s.by_expiry.entry(exp).or_default().push(k);
         Ok(())
     }
 
     pub fn len(&self) -> usize {
-        match self.seen.lock() {
-            Ok(g) => g.map.len(),
-            Err(p) => p.into_inner().map.len(),
-        }
+        self.shards
+            .iter()
+            .map(|m| match m.lock() {
+                Ok(g) => g.map.len(),
+                Err(p) => p.into_inner().map.len(),
+            })
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -765,19 +821,33 @@ mod tests {
         let k = PeerKey::generate().unwrap();
         let r = ring(&k);
         let p = VerifyPolicy::default();
-        let n = NonceCache::new(2);
+        // One nonce per shard at most.
+        let n = NonceCache::new(NONCE_SHARDS);
         let h = sign_peer_request(&k, "a", &parts(b""), NOW).unwrap();
         let mut forged = h.clone();
         forged[5].1 = "0".repeat(64);
         assert!(verify_peer_request(&r, &n, p, &headers_fn(&forged), &parts(b""), NOW).is_err());
         assert!(n.is_empty());
         verify_peer_request(&r, &n, p, &headers_fn(&h), &parts(b""), NOW).unwrap();
-        let h2 = sign_peer_request(&k, "a", &parts(b""), NOW).unwrap();
-        verify_peer_request(&r, &n, p, &headers_fn(&h2), &parts(b""), NOW).unwrap();
-        let h3 = sign_peer_request(&k, "a", &parts(b""), NOW).unwrap();
+        // Filling up: by the pigeonhole principle a refusal comes within one more request
+        // than there are shards, and it is a refusal, never a forgotten nonce.
+        let mut refused = None;
+        for i in 0..=NONCE_SHARDS {
+            let hi = sign_peer_request(&k, "a", &parts(b""), NOW).unwrap();
+            if let Err(e) = verify_peer_request(&r, &n, p, &headers_fn(&hi), &parts(b""), NOW) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (_, e) = refused.expect("a full cache refuses");
+        assert_eq!(e.code(), "peer_nonce_capacity");
+        assert!(
+            matches!(e, PeerRefusal::NonceCapacity { retry_after_secs } if retry_after_secs >= 299)
+        );
         assert_eq!(
-            verify_peer_request(&r, &n, p, &headers_fn(&h3), &parts(b""), NOW).unwrap_err(),
-            PeerRefusal::NonceCapacity
+            verify_peer_request(&r, &n, p, &headers_fn(&h), &parts(b""), NOW).unwrap_err(),
+            PeerRefusal::Replay,
+            "the first nonce is still remembered"
         );
         // Once the first nonces expire there is room again, and a replay of them would fail
         // the skew check instead.
@@ -789,6 +859,29 @@ mod tests {
                 .unwrap_err()
                 .code(),
             "peer_skew"
+        );
+    }
+
+    #[test]
+    fn a_steady_stream_keeps_the_cache_at_rate_times_ttl() {
+        let n = NonceCache::new(100_000);
+        let mut t = NOW;
+        for i in 0..60_000u64 {
+            // 1,000 requests a second for a minute, each remembered for 10 s.
+            t = NOW + i as f64 / 1000.0;
+            n.check_and_record("a", &format!("{i:032x}"), t, t + 10.0)
+                .unwrap();
+        }
+        let len = n.len();
+        assert!((10_000..=12_000).contains(&len), "{len}");
+        // Expired nonces are gone, unexpired ones still refused.
+        assert!(
+            n.check_and_record("a", &format!("{:032x}", 0), t, t + 10.0)
+                .is_ok()
+        );
+        assert_eq!(
+            n.check_and_record("a", &format!("{:032x}", 59_999), t, t + 10.0),
+            Err(PeerRefusal::Replay)
         );
     }
 

@@ -42,7 +42,8 @@ pub struct PeerConfig {
     /// `XAI_PEER_ACCEPT_LEGACY` (off): accept the peer key in `X-API-Key` on peer routes.
     pub accept_legacy: bool,
     pub policy: VerifyPolicy,
-    /// `XAI_PEER_NONCE_CAPACITY` (100000): nonces remembered at most.
+    /// `XAI_PEER_NONCE_CAPACITY` (1000000): nonces remembered at most (a sustained
+    /// capacity / `XAI_PEER_NONCE_TTL_SECONDS` signed requests per second: 3,333 by default).
     pub nonce_capacity: usize,
     /// `XAI_P2P_DISABLE_SECURITY_EVENTS` (off): no `peer_auth_failure` events (the refusals are
     /// still counted in `xai_peer_auth_total`). Other security events are not affected (the
@@ -57,7 +58,7 @@ impl Default for PeerConfig {
             keyring_file: None,
             accept_legacy: false,
             policy: VerifyPolicy::default(),
-            nonce_capacity: 100_000,
+            nonce_capacity: 1_000_000,
             disable_events: false,
         }
     }
@@ -108,11 +109,11 @@ impl PeerConfig {
             },
             nonce_capacity: usize::try_from(num(
                 "XAI_PEER_NONCE_CAPACITY",
-                100_000,
+                1_000_000,
                 1000,
-                10_000_000,
+                100_000_000,
             )?)
-            .unwrap_or(100_000),
+            .unwrap_or(1_000_000),
         })
     }
 }
@@ -473,12 +474,12 @@ fn refuse(
     }
     let status = match r {
         PeerRefusal::Malformed(_) => StatusCode::BAD_REQUEST,
-        PeerRefusal::NonceCapacity => StatusCode::SERVICE_UNAVAILABLE,
+        PeerRefusal::NonceCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNAUTHORIZED,
     };
     let mut e = ApiError::new(status, code, r.message());
-    if matches!(r, PeerRefusal::NonceCapacity) {
-        e = e.with_retry_after(1);
+    if let PeerRefusal::NonceCapacity { retry_after_secs } = r {
+        e = e.with_retry_after(*retry_after_secs);
     }
     e.into_response()
 }

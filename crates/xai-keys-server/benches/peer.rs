@@ -231,7 +231,9 @@ fn main() {
     // (c) Verifying a fresh signed request: pre-signed outside the timed region, a fresh
     // nonce cache per sample, large enough never to fill.
     bench_custom(&mut c, "verify_fresh", |iters| {
-        let cache = NonceCache::new(usize::try_from(iters).unwrap() + 1);
+        let cache = NonceCache::new(
+            (usize::try_from(iters).unwrap() + 1) * xai_keys_core::peer::NONCE_SHARDS,
+        );
         let mut timed = Duration::ZERO;
         let mut left = iters;
         let mut ok = 0u64;
@@ -266,7 +268,7 @@ fn main() {
     // cache holding the last 300 s (the nonce TTL) of gossip at STEADY_RATE requests/s, with
     // the clock advancing 1/STEADY_RATE s per request (one nonce expires, one is recorded).
     // One cache and one clock for the whole benchmark, pre-filled once outside the timing.
-    let steady_cache = NonceCache::new(100_000);
+    let steady_cache = NonceCache::new(400_000);
     let steady_n = (STEADY_RATE * 300.0) as u64;
     for k in 0..steady_n {
         let inserted = now - k as f64 / STEADY_RATE;

@@ -206,9 +206,20 @@ impl KeyRing {
                 .into_iter()
                 .find(|v| *v == name)
                 .ok_or_else(|| {
-                    bad(&format!(
-                        "unknown name {name:?}: use {VAR_CURRENT}, {VAR_NEXT} or {VAR_PREVIOUS}"
-                    ))
+                    // A name is echoed only when it looks like one: a line holding just a key
+                    // (base64 ends in '=') would otherwise be printed, secret and all.
+                    if !name.is_empty()
+                        && name.len() <= 64
+                        && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                    {
+                        bad(&format!(
+                            "unknown name {name:?}: use {VAR_CURRENT}, {VAR_NEXT} or {VAR_PREVIOUS}"
+                        ))
+                    } else {
+                        bad(&format!(
+                            "not NAME=value with NAME one of {VAR_CURRENT}, {VAR_NEXT}, {VAR_PREVIOUS}"
+                        ))
+                    }
                 })?;
             if vals.insert(name, value.to_string()).is_some() {
                 return Err(bad(&format!("{name} is given twice")));
@@ -230,36 +241,65 @@ impl KeyRing {
         Ok(ring)
     }
 
-    /// Reads a keyring file (at most 64 KiB, a regular file, links not followed).
+    /// Reads a keyring file: a regular file (a symbolic link to one is followed, as in a
+    /// Kubernetes secret volume) of at most 64 KiB, opened without blocking (a FIFO cannot
+    /// hang the reader), readable by its owner and possibly a group but not by others, and
+    /// writable by its owner only (checked on the opened file). It must name a current key: an
+    /// empty or half-rendered file is refused, never taken as "no peer key".
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes =
-            crate::store::fsutil::read_small_regular(path, 64 * 1024)?.ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "keyring file {} does not exist (XAI_PEER_KEYRING_FILE)",
-                    path.display()
-                ))
+        use std::io::Read;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let missing = || {
+            Error::InvalidInput(format!(
+                "keyring file {} does not exist ({VAR_KEYRING_FILE})",
+                path.display()
+            ))
+        };
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => missing(),
+                _ => Error::io("open keyring file", path, e),
             })?;
-        // Secrets: readable by its owner (and a group, such as a Vault agent's), never by
-        // others, and writable by its owner only.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::symlink_metadata(path)
-                .map_err(|e| Error::io("stat", path, e))?
-                .permissions()
-                .mode()
-                & 0o777;
-            if mode & 0o026 != 0 {
-                return Err(Error::InvalidInput(format!(
-                    "keyring file {} has permissions {mode:04o}: others can read it or group/others can write it; refusing to use it. Fix with `chmod 600 {}` (or 640 for a reader group)",
-                    path.display(),
-                    path.display()
-                )));
-            }
+        let meta = f.metadata().map_err(|e| Error::io("stat", path, e))?;
+        if !meta.file_type().is_file() {
+            return Err(Error::InvalidInput(format!(
+                "keyring file {} is not a regular file",
+                path.display()
+            )));
         }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o026 != 0 {
+            return Err(Error::InvalidInput(format!(
+                "keyring file {} has permissions {mode:04o}: others can read it or group/others can write it; refusing to use it. Fix with `chmod 600 {}` (or 640 for a reader group)",
+                path.display(),
+                path.display()
+            )));
+        }
+        const MAX: u64 = 64 * 1024;
+        if meta.len() > MAX {
+            return Err(Error::InvalidInput(format!(
+                "keyring file {} is larger than {MAX} bytes",
+                path.display()
+            )));
+        }
+        let mut bytes = Vec::new();
+        f.take(MAX + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read keyring file", path, e))?;
         let text = String::from_utf8(bytes).map_err(|_| {
             Error::InvalidInput(format!("keyring file {} is not UTF-8 text", path.display()))
         })?;
-        Self::parse_file_text(&text, path)
+        let ring = Self::parse_file_text(&text, path)?;
+        if ring.current.is_none() {
+            return Err(Error::InvalidInput(format!(
+                "keyring file {} holds no {VAR_CURRENT} line (empty, or still being written?); a keyring file must name the key this node signs with",
+                path.display()
+            )));
+        }
+        Ok(ring)
     }
 
     fn check(&self) -> Result<()> {
@@ -589,19 +629,22 @@ pub fn has_signature_headers(get: &dyn Fn(&str) -> Vec<String>) -> bool {
     HEADERS.iter().any(|h| !get(h).is_empty())
 }
 
-/// Verifies a signed request. `get(header)` returns every value of a header (lower-case name).
-/// Checks, in order: headers present once and well-formed, the key in the ring, the time
-/// within the skew, the body digest against the bytes received, the HMAC (constant time),
-/// then the nonce (recorded only for a request whose signature verified, so that forged
-/// requests cannot use up nonces).
-pub fn verify_peer_request(
+/// The signature headers of a request, parsed and checked against the ring and the clock.
+struct Presented {
+    fp: String,
+    node: String,
+    ts: i64,
+    nonce: String,
+    body_hash: String,
+    sig: String,
+}
+
+fn presented(
     ring: &KeyRing,
-    nonces: &NonceCache,
     policy: VerifyPolicy,
     get: &dyn Fn(&str) -> Vec<String>,
-    parts: &RequestParts<'_>,
     now: f64,
-) -> std::result::Result<VerifiedPeer, PeerRefusal> {
+) -> std::result::Result<Presented, PeerRefusal> {
     let one = |h: &str| -> std::result::Result<String, PeerRefusal> {
         let v = get(h);
         match v.as_slice() {
@@ -650,30 +693,69 @@ pub fn verify_peer_request(
             "{H_BODY} and {H_SIGNATURE} must be 64 lowercase hex digits"
         )));
     }
-    let key = ring.by_fingerprint(&fp).ok_or(PeerRefusal::UnknownKey)?;
+    if ring.by_fingerprint(&fp).is_none() {
+        return Err(PeerRefusal::UnknownKey);
+    }
     let skew = ts - now.floor() as i64;
     if skew.abs() > policy.max_skew_secs {
         return Err(PeerRefusal::Skew { skew_secs: skew });
     }
+    Ok(Presented {
+        fp,
+        node,
+        ts,
+        nonce,
+        body_hash,
+        sig,
+    })
+}
+
+/// The checks that need no body: headers present once and well-formed, the key in the ring,
+/// the time within the skew. A receiver runs them before reading a body, so that a request
+/// that cannot verify never makes it buffer one.
+pub fn precheck_peer_request(
+    ring: &KeyRing,
+    policy: VerifyPolicy,
+    get: &dyn Fn(&str) -> Vec<String>,
+    now: f64,
+) -> std::result::Result<(), PeerRefusal> {
+    presented(ring, policy, get, now).map(|_| ())
+}
+
+/// Verifies a signed request. `get(header)` returns every value of a header (lower-case name).
+/// Checks, in order: headers present once and well-formed, the key in the ring, the time
+/// within the skew ([`precheck_peer_request`]), the body digest against the bytes received,
+/// the HMAC (constant time), then the nonce (recorded only for a request whose signature
+/// verified, so that forged requests cannot use up nonces).
+pub fn verify_peer_request(
+    ring: &KeyRing,
+    nonces: &NonceCache,
+    policy: VerifyPolicy,
+    get: &dyn Fn(&str) -> Vec<String>,
+    parts: &RequestParts<'_>,
+    now: f64,
+) -> std::result::Result<VerifiedPeer, PeerRefusal> {
+    let p = presented(ring, policy, get, now)?;
+    let key = ring.by_fingerprint(&p.fp).ok_or(PeerRefusal::UnknownKey)?;
     let actual = hex(&Sha256::digest(parts.body));
     {
         use subtle::ConstantTimeEq;
-        if !bool::from(actual.as_bytes().ct_eq(body_hash.as_bytes())) {
+        if !bool::from(actual.as_bytes().ct_eq(p.body_hash.as_bytes())) {
             return Err(PeerRefusal::BodyMismatch);
         }
     }
     let mut mac = key.mac();
-    mac.update(canonical(parts, ts, &nonce, &body_hash, &node, &fp).as_bytes());
-    let sig_bytes = unhex(&sig).ok_or(PeerRefusal::BadSignature)?;
+    mac.update(canonical(parts, p.ts, &p.nonce, &p.body_hash, &p.node, &p.fp).as_bytes());
+    let sig_bytes = unhex(&p.sig).ok_or(PeerRefusal::BadSignature)?;
     mac.verify_slice(&sig_bytes)
         .map_err(|_| PeerRefusal::BadSignature)?;
     let ttl = policy.nonce_ttl_secs.max(2 * policy.max_skew_secs) as f64;
     // Remembered until the timestamp itself can no longer pass the skew check, at least.
-    let expires = (ts as f64 + policy.max_skew_secs as f64 + 1.0).max(now + ttl);
-    nonces.check_and_record(&node, &nonce, now, expires)?;
+    let expires = (p.ts as f64 + policy.max_skew_secs as f64 + 1.0).max(now + ttl);
+    nonces.check_and_record(&p.node, &p.nonce, now, expires)?;
     Ok(VerifiedPeer {
-        fingerprint: fp,
-        node_id: node,
+        fingerprint: p.fp,
+        node_id: p.node,
     })
 }
 
@@ -957,5 +1039,12 @@ mod tests {
             assert!(!e.contains(a.expose()), "{e}");
         }
         assert_eq!(format!("{a:?}"), format!("PeerKey({})", a.fingerprint()));
+        // A file holding just a base64 key (ending in '=') is not echoed back.
+        let raw = "c2VjcmV0LWtleS1tYXRlcmlhbC10aGF0LWlzLWxvbmc=";
+        let e = KeyRing::parse_file_text(&format!("{raw}\n"), Path::new("/run/ring"))
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains(&raw[..20]), "{e}");
+        assert!(e.contains("NAME=value"), "{e}");
     }
 }

@@ -207,6 +207,15 @@ async fn forward(State(eg): State<Egress>, req: Request) -> Response {
             "send requests in proxy form (an absolute http:// URL), e.g. with HTTP_PROXY pointing here",
         );
     };
+    if auth.as_str().contains('@') {
+        st.metrics.egress("destination_refused");
+        // Never echoed: the part before '@' is a credential.
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "egress_destination_refused",
+            "destinations with credentials (user:password@) are refused",
+        );
+    }
     let port = auth.port_u16().unwrap_or(80);
     if !cfg.allows(auth.host(), port) {
         st.metrics.egress("destination_refused");

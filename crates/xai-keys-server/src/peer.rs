@@ -130,6 +130,8 @@ pub struct PeerAuth {
     file_stamp: std::sync::Mutex<Option<FileStamp>>,
     /// Last use per (fingerprint, sending node), for `xai-keys peer status`.
     usage: std::sync::Mutex<PeerUsage>,
+    /// Serialises reloads (the keyring watcher and SIGHUP).
+    reload_lock: std::sync::Mutex<()>,
 }
 
 /// Format name of the peer-usage file.
@@ -226,6 +228,7 @@ impl PeerAuth {
             file_stamp: std::sync::Mutex::new(cfg.keyring_file.as_deref().and_then(stamp)),
             file: cfg.keyring_file.clone(),
             usage: std::sync::Mutex::new(PeerUsage::default()),
+            reload_lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -276,6 +279,9 @@ impl PeerAuth {
         let Some(f) = &self.file else {
             return Ok(false);
         };
+        // One reload at a time (the watcher and SIGHUP): the ring and the stamp stored
+        // together, so an older read can never overwrite a newer one.
+        let _one = relock(&self.reload_lock);
         let st = stamp(f);
         let ring = KeyRing::from_file(f).map_err(|e| e.to_string())?;
         let fps: Vec<String> = ring
@@ -306,6 +312,7 @@ impl PeerAuth {
             return true;
         }
         if let Err(e) = self.reload() {
+            let _one = relock(&self.reload_lock);
             // Logged once per change of the file, not at every poll.
             *relock(&self.file_stamp) = now;
             tracing::error!(problem = %e, "the peer keyring file changed but cannot be used; the previous ring stays in force");
@@ -341,6 +348,28 @@ pub async fn authenticate(
     }
     let signed = HEADERS.iter().any(|h| req.headers().contains_key(*h));
     if signed {
+        // Headers, key and clock first: a request that cannot verify is refused before its
+        // body is read (no one makes the gateway buffer bodies without the key).
+        let pre = {
+            let headers = req.headers();
+            let get = |h: &str| -> Vec<String> {
+                headers
+                    .get_all(h)
+                    .iter()
+                    .map(|v| v.to_str().map(str::to_string).unwrap_or_default())
+                    .collect()
+            };
+            xai_keys_core::peer::precheck_peer_request(&ring, st.peers.policy, &get, now)
+        };
+        if let Err(r) = pre {
+            let named = req
+                .headers()
+                .get(xai_keys_core::peer::H_KEY)
+                .and_then(|v| v.to_str().ok())
+                .filter(|fp| fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_ascii_lowercase);
+            return Err(refuse(st, &r, named.as_deref(), client, method, route, now));
+        }
         let limit = st.cfg.max_proxy_body_bytes;
         let body = std::mem::take(req.body_mut());
         let bytes = match axum::body::to_bytes(body, limit).await {

@@ -450,7 +450,7 @@ fn sign_refuses_clearly_and_never_shows_the_key() {
         &[("XAI_PEER_KEYRING_FILE", empty.to_str().unwrap())],
     );
     assert!(
-        err.contains("empty.env") && err.contains("XAI_PEER_API_KEY="),
+        err.contains("empty.env") && err.contains("XAI_PEER_API_KEY"),
         "{err}"
     );
     // An unreadable body file.

@@ -113,6 +113,18 @@ async fn signed_gossip_passes_and_each_refusal_has_its_reason() {
     let mut r = signed(&k, "node-a", Method::POST, "/sync", body, now);
     r.uri = "/block/receive".into();
     h.send(r).await.err(401, "peer_bad_signature");
+    // An unknown key is refused before the body is read: even one claiming to be larger
+    // than the gateway accepts gets the authentication answer, not 413.
+    let mut big = signed(
+        &stranger,
+        "node-x",
+        Method::POST,
+        "/block/receive",
+        body,
+        now,
+    );
+    big.body = vec![b' '; 17 << 20];
+    h.send(big).await.err(401, "peer_unknown_key");
     // A header missing.
     let mut r = signed(&k, "node-a", Method::POST, "/block/receive", body, now);
     r.headers.retain(|(n, _)| n != "x-xai-peer-nonce");
@@ -133,7 +145,7 @@ async fn signed_gossip_passes_and_each_refusal_has_its_reason() {
     h.send(post("/send").h("x-api-key", k.expose()))
         .await
         .denied(401, "unknown_key");
-    assert_eq!(peer_metric(&h, "peer_unknown_key", "unknown").await, 1.0);
+    assert_eq!(peer_metric(&h, "peer_unknown_key", "unknown").await, 2.0);
     assert_eq!(
         peer_metric(&h, "peer_legacy_disabled", k.fingerprint()).await,
         1.0
@@ -247,11 +259,18 @@ async fn a_rotation_through_the_keyring_file_needs_no_restart() {
     })
     .await;
     h.send(send(&new)).await.passed_to_upstream();
-    // A broken file keeps the ring in force, and so does one others can read.
-    std::fs::write(&file, "XAI_PEER_API_KEY=short\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    h.send(send(&new)).await.passed_to_upstream();
-    assert!(h.gateway.reload_peer_keys().is_err());
+    // A broken file keeps the ring in force; so does an empty one (a template rendered
+    // without its secret), which must never read as "no peer key" and open peer routes to
+    // user keys.
+    for bad in ["XAI_PEER_API_KEY=short\n", "", "# nothing rendered\n"] {
+        std::fs::write(&file, bad).unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        h.send(send(&new)).await.passed_to_upstream();
+        assert!(h.gateway.reload_peer_keys().is_err(), "{bad:?}");
+        h.send(post("/sync").key(&h.keys.user))
+            .await
+            .err(401, "peer_signature_required");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,6 +608,24 @@ async fn the_egress_refuses_tunnels_and_foreign_destinations_and_signs_only_peer
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
     assert_eq!(node.last().headers["x-xai-peer-node"], "val-e");
+    // Credentials in the destination are refused (and not echoed).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(egress).await.unwrap();
+        let req = format!(
+            "GET http://user:secret-pass@{0}/blocks HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n",
+            run.addr
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+        assert!(!text.contains("secret-pass"), "{text}");
+    }
     // A destination outside the allow-list.
     let r = via.get("http://127.0.0.2:9/blocks").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 403);

@@ -140,9 +140,18 @@ impl KeyRing {
     /// The ring from a lookup of [`VAR_CURRENT`], [`VAR_NEXT`], [`VAR_PREVIOUS`] (empty values
     /// are absent).
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        Self::from_values(&|var| lookup(var), &|var| var.to_string())
+    }
+
+    /// The ring from the three values (`value(var)`; empty is absent), each named in errors by
+    /// `source(var)`.
+    fn from_values(
+        value: &dyn Fn(&str) -> Option<String>,
+        source: &dyn Fn(&str) -> String,
+    ) -> Result<Self> {
         let get = |var: &str| -> Result<Option<PeerKey>> {
-            match lookup(var).filter(|v| !v.trim().is_empty()) {
-                Some(v) => PeerKey::parse(&v, var).map(Some),
+            match value(var).filter(|v| !v.trim().is_empty()) {
+                Some(v) => PeerKey::parse(&v, &source(var)).map(Some),
                 None => Ok(None),
             }
         };
@@ -225,20 +234,9 @@ impl KeyRing {
                 return Err(bad(&format!("{name} is given twice")));
             }
         }
-        let where_ = |v: &str| format!("{v} in {}", path.display());
-        let get = |var: &str| -> Result<Option<PeerKey>> {
-            match vals.get(var).filter(|v| !v.is_empty()) {
-                Some(v) => PeerKey::parse(v, &where_(var)).map(Some),
-                None => Ok(None),
-            }
-        };
-        let ring = KeyRing {
-            current: get(VAR_CURRENT)?,
-            next: get(VAR_NEXT)?,
-            previous: get(VAR_PREVIOUS)?,
-        };
-        ring.check()?;
-        Ok(ring)
+        Self::from_values(&|var| vals.get(var).cloned(), &|var| {
+            format!("{var} in {}", path.display())
+        })
     }
 
     /// Reads a keyring file: a regular file (a symbolic link to one is followed, as in a

@@ -322,6 +322,25 @@ impl PeerAuth {
     }
 }
 
+/// Every value of a header, as text (a value that is not text reads as empty).
+fn header_values(headers: &axum::http::HeaderMap, h: &str) -> Vec<String> {
+    headers
+        .get_all(h)
+        .iter()
+        .map(|v| v.to_str().map(str::to_string).unwrap_or_default())
+        .collect()
+}
+
+/// The fingerprint a request presents (16 hex digits, not secret), for logs and events;
+/// metrics label only fingerprints of the ring (a caller cannot grow the series).
+fn presented_fingerprint(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(xai_keys_core::peer::H_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|fp| fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase)
+}
+
 /// `<store>.peer-usage` for a file store (`None` for other backends).
 pub fn usage_path(store_location: &str) -> Option<PathBuf> {
     (!store_location.contains("://")).then(|| PathBuf::from(format!("{store_location}.peer-usage")))
@@ -352,22 +371,11 @@ pub async fn authenticate(
         // body is read (no one makes the gateway buffer bodies without the key).
         let pre = {
             let headers = req.headers();
-            let get = |h: &str| -> Vec<String> {
-                headers
-                    .get_all(h)
-                    .iter()
-                    .map(|v| v.to_str().map(str::to_string).unwrap_or_default())
-                    .collect()
-            };
+            let get = |h: &str| header_values(headers, h);
             xai_keys_core::peer::precheck_peer_request(&ring, st.peers.policy, &get, now)
         };
         if let Err(r) = pre {
-            let named = req
-                .headers()
-                .get(xai_keys_core::peer::H_KEY)
-                .and_then(|v| v.to_str().ok())
-                .filter(|fp| fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_hexdigit()))
-                .map(str::to_ascii_lowercase);
+            let named = presented_fingerprint(req.headers());
             return Err(refuse(st, &r, named.as_deref(), client, method, route, now));
         }
         let limit = st.cfg.max_proxy_body_bytes;
@@ -384,13 +392,7 @@ pub async fn authenticate(
             }
         };
         let headers = req.headers();
-        let get = |h: &str| -> Vec<String> {
-            headers
-                .get_all(h)
-                .iter()
-                .map(|v| v.to_str().map(str::to_string).unwrap_or_default())
-                .collect()
-        };
+        let get = |h: &str| header_values(headers, h);
         let pq = req
             .uri()
             .path_and_query()
@@ -407,12 +409,7 @@ pub async fn authenticate(
             },
             now,
         );
-        // The fingerprint as presented (16 hex digits, not secret) for logs and events; metrics
-        // label only fingerprints of the ring (a caller cannot grow the series).
-        let named = get(xai_keys_core::peer::H_KEY)
-            .first()
-            .filter(|fp| fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(|fp| fp.to_ascii_lowercase());
+        let named = presented_fingerprint(headers);
         *req.body_mut() = Body::from(bytes);
         return match verdict {
             Ok(v) => {

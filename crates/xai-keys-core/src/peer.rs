@@ -402,12 +402,38 @@ pub fn sign_peer_request(
     ])
 }
 
-fn check_node_id(node_id: &str) -> Result<()> {
+/// Whether a character may appear in a node id.
+pub fn is_node_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.:".contains(c)
+}
+
+/// This host's name as a node id (other characters become `-`), for a node that sets no
+/// `XAI_PEER_NODE_ID`: the egress proxy and `peer sign` default to the same id. `None` when
+/// the host name is unknown.
+pub fn host_node_id() -> Option<String> {
+    let uname = rustix::system::uname();
+    let from_uname = uname.nodename().to_string_lossy().trim().to_string();
+    let host = if from_uname.is_empty() {
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+            .unwrap_or_default()
+    } else {
+        from_uname
+    };
+    let id: String = host
+        .chars()
+        .map(|c| if is_node_id_char(c) { c } else { '-' })
+        .take(MAX_NODE_ID_CHARS)
+        .collect();
+    (!id.is_empty()).then_some(id)
+}
+
+/// Checks a node id: 1 to [`MAX_NODE_ID_CHARS`] letters, digits, `-`, `_`, `.`, `:`.
+pub fn check_node_id(node_id: &str) -> Result<()> {
     if node_id.is_empty()
         || node_id.chars().count() > MAX_NODE_ID_CHARS
-        || !node_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        || !node_id.chars().all(is_node_id_char)
     {
         return Err(Error::InvalidInput(format!(
             "node id {:?} must be 1 to {MAX_NODE_ID_CHARS} characters of letters, digits, '-', '_', '.', ':'",

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use xai_keys_core::audit::LogFollower;
 use xai_keys_core::store::{FileStore, FileStoreOptions, KeyStore};
-use xai_keys_server::metrics::{Inventory, Metrics, ScrapeInputs};
+use xai_keys_server::metrics::Metrics;
 use xai_keys_server::reload::IndexHandle;
 use xai_keys_server::telemetry::{EventLog, Telemetry, TelemetryConfig};
 
@@ -53,20 +53,9 @@ fn write_log(log: &Path, lines: usize, now: f64) {
     w.flush().unwrap();
 }
 
-fn audit_events_counted(m: &Metrics, idx: &Arc<IndexHandle>) -> u64 {
-    let h = idx.health();
-    let text = m.render(&ScrapeInputs {
-        health: &h,
-        inventory: &Inventory::default(),
-        sinks: &[],
-        window: None,
-        window_required: false,
-        audit_chain_ok: true,
-        uncommitted: 0,
-        peer_keys: &[],
-        now: 0.0,
-    });
-    text.lines()
+fn audit_events_counted(m: &Metrics) -> u64 {
+    m.encode()
+        .lines()
         .filter(|l| {
             l.starts_with("xai_security_events_total{")
                 && l.contains("event_type=\"api_key_audit\"")
@@ -96,7 +85,7 @@ fn pipeline(dir: &Path, store_path: &Path, lines: usize, sink: bool, tag: &str) 
     let started = Instant::now();
     let tel = Telemetry::start(cfg, store, idx.clone(), metrics.clone(), clock).unwrap();
     loop {
-        if audit_events_counted(&metrics, &idx) >= lines as u64 {
+        if audit_events_counted(&metrics) >= lines as u64 {
             break;
         }
         assert!(

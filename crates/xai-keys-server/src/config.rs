@@ -105,17 +105,27 @@ impl Default for ServerConfig {
     }
 }
 
-fn num<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
+/// A variable's value, trimmed; unset and blank are both `None`. Every section of the
+/// configuration (gateway, telemetry, webhooks, peers, egress) reads variables through these
+/// three helpers, so that blank values and errors behave the same everywhere.
+pub(crate) fn var(lookup: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    lookup(name)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// A number within `min..=max`, `default` when unset; the error names the variable.
+pub(crate) fn num<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
     lookup: &dyn Fn(&str) -> Option<String>,
     var: &str,
     default: T,
     min: T,
     max: T,
 ) -> Result<T, ConfigError> {
-    let Some(raw) = lookup(var).filter(|v| !v.trim().is_empty()) else {
+    let Some(raw) = self::var(lookup, var) else {
         return Ok(default);
     };
-    match raw.trim().parse::<T>() {
+    match raw.parse::<T>() {
         Ok(v) if v >= min && v <= max => Ok(v),
         _ => Err(ConfigError(format!(
             "{var}={raw:?}: expected a number from {min} to {max}"
@@ -123,12 +133,13 @@ fn num<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
     }
 }
 
-fn flag(
+/// A boolean (`1/0/true/false/yes/no/on/off`), `default` when unset.
+pub(crate) fn flag(
     lookup: &dyn Fn(&str) -> Option<String>,
     var: &str,
     default: bool,
 ) -> Result<bool, ConfigError> {
-    match lookup(var).filter(|v| !v.trim().is_empty()) {
+    match self::var(lookup, var) {
         None => Ok(default),
         Some(raw) => parse_bool(var, &raw).map_err(|e| ConfigError(e.to_string())),
     }

@@ -63,16 +63,9 @@ impl Default for EgressConfig {
     }
 }
 
-/// The host name, reduced to the characters a node id may hold.
+/// The host name as a node id (`node` when unknown), as `xai-keys peer sign` defaults too.
 pub fn default_node_id() -> String {
-    let raw = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    let id: String = raw
-        .trim()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "-_.:".contains(*c))
-        .take(xai_keys_core::peer::MAX_NODE_ID_CHARS)
-        .collect();
-    if id.is_empty() { "node".into() } else { id }
+    xai_keys_core::peer::host_node_id().unwrap_or_else(|| "node".into())
 }
 
 /// Parses `XAI_PEER_ALLOWLIST`: comma-separated `host:port` or CIDR entries.
@@ -109,23 +102,11 @@ pub fn parse_allowlist(raw: &str) -> Result<Vec<Allowed>, ConfigError> {
 impl EgressConfig {
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let d = EgressConfig::default();
-        let get = |k: &str| {
-            lookup(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |k: &str| crate::config::var(lookup, k);
         let node_id = match get("XAI_PEER_NODE_ID") {
             Some(n) => {
-                if n.chars().count() > xai_keys_core::peer::MAX_NODE_ID_CHARS
-                    || !n
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-                {
-                    return Err(ConfigError(format!(
-                        "XAI_PEER_NODE_ID={n:?}: use letters, digits, '-', '_', '.', ':' (at most {} characters)",
-                        xai_keys_core::peer::MAX_NODE_ID_CHARS
-                    )));
-                }
+                xai_keys_core::peer::check_node_id(&n)
+                    .map_err(|e| ConfigError(format!("XAI_PEER_NODE_ID: {e}")))?;
                 n
             }
             None => d.node_id,

@@ -122,7 +122,7 @@ pub struct Metrics {
     auth_seconds: Histogram,
     upstream: Family<Labels1, Counter>,
     rate_limited: Family<Labels1, Counter>,
-    admin_ops: Family<[(&'static str, &'static str); 2], Counter>,
+    admin_ops: Family<Labels2, Counter>,
     store_ok: Gauge,
     store_degraded: Gauge,
     store_unreadable: Gauge,
@@ -143,7 +143,7 @@ pub struct Metrics {
     audit_chain_ok: Gauge,
     keys: Family<Labels2, Gauge>,
     expiring_soon: Family<Labels1, Gauge>,
-    next_expiry: Family<Vec<(&'static str, &'static str)>, FloatGauge>,
+    next_expiry: Family<EventLabels, FloatGauge>,
     webhook_depth: Family<OwnedLabels, Gauge>,
     webhook_oldest_age: Family<OwnedLabels, FloatGauge>,
     webhook_deliveries: Family<OwnedLabels, Counter>,
@@ -163,6 +163,17 @@ impl Default for Metrics {
     }
 }
 
+/// A new metric of type `M`, registered under `name` with `help`.
+fn reg<M: prometheus_client::registry::Metric + Clone + Default>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+) -> M {
+    let m = M::default();
+    r.register(name, help, m.clone());
+    m
+}
+
 impl Metrics {
     pub fn new() -> Self {
         Self::with_enabled(true)
@@ -172,11 +183,10 @@ impl Metrics {
     /// then answers 404.
     pub fn with_enabled(enabled: bool) -> Self {
         let mut r = Registry::default();
-        let auth = Family::<Labels3, Counter>::default();
-        r.register(
+        let auth: Family<Labels3, Counter> = reg(
+            &mut r,
             "xai_api_auth_requests",
             "Authentication decisions by result (allowed or the refusal reason), key scope and route class",
-            auth.clone(),
         );
         let auth_seconds = Histogram::new([
             0.000_001, 0.000_002, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.001, 0.01,
@@ -186,209 +196,172 @@ impl Metrics {
             "Time to extract credentials and decide a request",
             auth_seconds.clone(),
         );
-        let upstream = Family::<Labels1, Counter>::default();
-        r.register(
+        let upstream: Family<Labels1, Counter> = reg(
+            &mut r,
             "xai_gateway_upstream_requests",
             "Proxied requests by outcome (ok, connect_error, timeout, body_too_large, no_upstream)",
-            upstream.clone(),
         );
-        let rate_limited = Family::<Labels1, Counter>::default();
-        r.register(
+        let rate_limited: Family<Labels1, Counter> = reg(
+            &mut r,
             "xai_api_rate_limited",
             "Requests refused with 429 by limiter (admin, auth_failures)",
-            rate_limited.clone(),
         );
-        let admin_ops = Family::default();
-        r.register(
+        let admin_ops: Family<Labels2, Counter> = reg(
+            &mut r,
             "xai_admin_api_operations",
             "Admin key API operations by operation and result",
-            admin_ops.clone(),
         );
-        let store_ok = Gauge::default();
-        r.register(
+        let store_ok: Gauge = reg(
+            &mut r,
             "xai_keys_store_ok",
             "1 when the key store is readable and matches its audit log",
-            store_ok.clone(),
         );
-        let store_degraded = Gauge::default();
-        r.register(
+        let store_degraded: Gauge = reg(
+            &mut r,
             "xai_keys_store_degraded",
             "1 when the store does not match its audit log (restrictions only applied)",
-            store_degraded.clone(),
         );
-        let store_unreadable = Gauge::default();
-        r.register(
+        let store_unreadable: Gauge = reg(
+            &mut r,
             "xai_keys_store_unreadable",
             "1 when the store cannot be read (last good index served)",
-            store_unreadable.clone(),
         );
-        let index_keys = Gauge::default();
-        r.register(
+        let index_keys: Gauge = reg(
+            &mut r,
             "xai_keys_index_keys",
             "Keys in the gateway's in-memory index",
-            index_keys.clone(),
         );
-        let store_last_reload = Gauge::<f64, AtomicU64>::default();
-        r.register(
+        let store_last_reload: Gauge<f64, AtomicU64> = reg(
+            &mut r,
             "xai_keys_store_last_reload_timestamp_seconds",
             "Unix time of the last successful store reload",
-            store_last_reload.clone(),
         );
-        let store_reloads = Counter::default();
-        r.register(
-            "xai_keys_store_reloads",
-            "Successful store reloads",
-            store_reloads.clone(),
-        );
-        let store_reload_failures = Counter::default();
-        r.register(
+        let store_reloads: Counter =
+            reg(&mut r, "xai_keys_store_reloads", "Successful store reloads");
+        let store_reload_failures: Counter = reg(
+            &mut r,
             "xai_keys_store_reload_failures",
             "Failed store reloads",
-            store_reload_failures.clone(),
         );
-        let usage_flush_failures = Counter::default();
-        r.register(
+        let usage_flush_failures: Counter = reg(
+            &mut r,
             "xai_keys_usage_flush_failures",
             "Failed writes of the last-use sidecar (usage kept for the next flush)",
-            usage_flush_failures.clone(),
         );
-        let events = Family::<EventLabels, Counter>::default();
-        r.register(
+        let events: Family<EventLabels, Counter> = reg(
+            &mut r,
             "xai_security_events",
             "Security events by event_type (and action for api_key_audit), each counted once",
-            events.clone(),
         );
-        let events_warning = Family::<EventLabels, Counter>::default();
-        r.register(
+        let events_warning: Family<EventLabels, Counter> = reg(
+            &mut r,
             "xai_security_events_warning",
             "Security events of severity WARNING",
-            events_warning.clone(),
         );
-        let events_critical = Family::<EventLabels, Counter>::default();
-        r.register(
+        let events_critical: Family<EventLabels, Counter> = reg(
+            &mut r,
             "xai_security_events_critical",
             "Security events of severity CRITICAL",
-            events_critical.clone(),
         );
-        let lifecycle = Family::<Labels3, Counter>::default();
-        r.register(
+        let lifecycle: Family<Labels3, Counter> = reg(
+            &mut r,
             "xai_key_lifecycle_actions",
             "Key lifecycle actions from the audit log (CLI and API alike) by action, scope and whether a change window was open",
-            lifecycle.clone(),
         );
-        let events_dropped = Family::<Labels1, Counter>::default();
-        r.register(
+        let events_dropped: Family<Labels1, Counter> = reg(
+            &mut r,
             "xai_security_events_dropped",
             "Gateway-side security events that could not be queued (pipeline full)",
-            events_dropped.clone(),
         );
-        let window_open = Gauge::default();
-        r.register(
+        let window_open: Gauge = reg(
+            &mut r,
             "xai_change_window_open",
             "1 while a change window is open",
-            window_open.clone(),
         );
-        let window_required = Gauge::default();
-        r.register(
+        let window_required: Gauge = reg(
+            &mut r,
             "xai_change_window_required",
             "1 when lifecycle actions must happen inside a change window (XAI_REQUIRE_CHANGE_WINDOW)",
-            window_required.clone(),
         );
-        let window_expiry = FloatGauge::default();
-        r.register(
+        let window_expiry: FloatGauge = reg(
+            &mut r,
             "xai_change_window_expiry_timestamp_seconds",
             "Unix time the open change window ends (0 when none is open)",
-            window_expiry.clone(),
         );
-        let audit_chain_ok = Gauge::default();
-        r.register(
+        let audit_chain_ok: Gauge = reg(
+            &mut r,
             "xai_keys_audit_chain_ok",
             "1 while the audit log's hash chain checks out, 0 once a break was seen",
-            audit_chain_ok.clone(),
         );
-        let keys = Family::<Labels2, Gauge>::default();
-        r.register(
+        let keys: Family<Labels2, Gauge> = reg(
+            &mut r,
             "xai_api_keys",
             "Keys in the gateway's index by scope and state",
-            keys.clone(),
         );
-        let expiring_soon = Family::<Labels1, Gauge>::default();
-        r.register(
+        let expiring_soon: Family<Labels1, Gauge> = reg(
+            &mut r,
             "xai_api_keys_expiring_7d",
             "Active keys that expire within 7 days, by scope",
-            expiring_soon.clone(),
         );
-        let next_expiry = Family::<Vec<(&'static str, &'static str)>, FloatGauge>::default();
-        r.register(
+        let next_expiry: Family<EventLabels, FloatGauge> = reg(
+            &mut r,
             "xai_api_key_next_expiry_seconds",
             "Seconds until the next active key expires (absent when no active key expires)",
-            next_expiry.clone(),
         );
-        let webhook_depth = Family::<OwnedLabels, Gauge>::default();
-        r.register(
+        let webhook_depth: Family<OwnedLabels, Gauge> = reg(
+            &mut r,
             "xai_security_webhook_queue_depth",
             "Events queued for a webhook sink",
-            webhook_depth.clone(),
         );
-        let webhook_oldest_age = Family::<OwnedLabels, FloatGauge>::default();
-        r.register(
+        let webhook_oldest_age: Family<OwnedLabels, FloatGauge> = reg(
+            &mut r,
             "xai_security_webhook_oldest_event_age_seconds",
             "Age of the oldest event queued for a webhook sink (0 when empty)",
-            webhook_oldest_age.clone(),
         );
-        let webhook_deliveries = Family::<OwnedLabels, Counter>::default();
-        r.register(
+        let webhook_deliveries: Family<OwnedLabels, Counter> = reg(
+            &mut r,
             "xai_security_webhook_deliveries",
             "Webhook delivery attempts by sink and result (success, http_error, timeout, connect_error)",
-            webhook_deliveries.clone(),
         );
-        let webhook_dead = Family::<OwnedLabels, Counter>::default();
-        r.register(
+        let webhook_dead: Family<OwnedLabels, Counter> = reg(
+            &mut r,
             "xai_security_webhook_dead_lettered",
             "Events moved to the dead-letter file, by sink and reason (max_age, queue_full, sink_removed)",
-            webhook_dead.clone(),
         );
-        let webhook_info = Family::<OwnedLabels, Gauge>::default();
-        r.register(
+        let webhook_info: Family<OwnedLabels, Gauge> = reg(
+            &mut r,
             "xai_security_webhook_sink_info",
             "Configured webhook sinks: id and host (the URL's path is never exported)",
-            webhook_info.clone(),
         );
-        let queue_write_failures = Counter::default();
-        r.register(
+        let queue_write_failures: Counter = reg(
+            &mut r,
             "xai_security_event_queue_write_failures",
             "Failed appends to the security event queue (disk full, read-only): events are held in memory, not counted or logged, until one succeeds",
-            queue_write_failures.clone(),
         );
-        let uncommitted = Gauge::default();
-        r.register(
+        let uncommitted: Gauge = reg(
+            &mut r,
             "xai_security_events_uncommitted",
             "Security events read but not yet in the queue (non-zero only while the queue cannot be written)",
-            uncommitted.clone(),
         );
-        let peer_auth = Family::<OwnedLabels, Counter>::default();
-        r.register(
+        let peer_auth: Family<OwnedLabels, Counter> = reg(
+            &mut r,
             "xai_peer_auth",
             "Requests on peer routes by result (signed, legacy, or the refusal reason) and key fingerprint (unknown for keys outside the ring)",
-            peer_auth.clone(),
         );
-        let egress = Family::<Labels1, Counter>::default();
-        r.register(
+        let egress: Family<Labels1, Counter> = reg(
+            &mut r,
             "xai_peer_egress_requests",
             "Requests through the peer egress proxy by result (signed, unsigned, or the refusal)",
-            egress.clone(),
         );
-        let peer_keys = Family::<OwnedLabels, Gauge>::default();
-        r.register(
+        let peer_keys: Family<OwnedLabels, Gauge> = reg(
+            &mut r,
             "xai_peer_key_info",
             "The peer key ring in force: one series per key, by role (current, next, previous) and fingerprint",
-            peer_keys.clone(),
         );
-        let keyring_reload_failures = Counter::default();
-        r.register(
+        let keyring_reload_failures: Counter = reg(
+            &mut r,
             "xai_peer_keyring_reload_failures",
             "Keyring file changes (or SIGHUPs) that could not be used: the previous ring stayed in force",
-            keyring_reload_failures.clone(),
         );
         // Series exist from the start at zero: `increase()` in an alert rule cannot see the
         // first event of a series that appears with it.
@@ -683,6 +656,12 @@ impl Metrics {
         self.store_reload_failures
             .inner()
             .store(h.failed_reloads, Ordering::Relaxed);
+        self.encode()
+    }
+
+    /// The registry as it stands, without refreshing the state gauges (counters are always
+    /// current): for code that only reads counters.
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_text::encode(&mut out, &self.registry).is_err() {
             out.clear();

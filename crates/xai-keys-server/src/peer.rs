@@ -67,53 +67,25 @@ impl Default for PeerConfig {
 impl PeerConfig {
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let d = PeerConfig::default();
-        let get = |k: &str| {
-            lookup(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+        use crate::config::{flag, num};
         let (ring, keyring_file) =
             KeyRing::resolve(lookup).map_err(|e| ConfigError(e.to_string()))?;
-        let num = |var: &str, default: i64, min: i64, max: i64| -> Result<i64, ConfigError> {
-            match get(var) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| {
-                        ConfigError(format!(
-                            "{var}={v:?}: expected whole seconds from {min} to {max}"
-                        ))
-                    }),
-            }
-        };
-        let accept_legacy = match get("XAI_PEER_ACCEPT_LEGACY") {
-            None => d.accept_legacy,
-            Some(v) => xai_keys_core::policy::parse_bool("XAI_PEER_ACCEPT_LEGACY", &v)
-                .map_err(|e| ConfigError(e.to_string()))?,
-        };
-        let disable_events = match get("XAI_P2P_DISABLE_SECURITY_EVENTS") {
-            None => false,
-            Some(v) => xai_keys_core::policy::parse_bool("XAI_P2P_DISABLE_SECURITY_EVENTS", &v)
-                .map_err(|e| ConfigError(e.to_string()))?,
-        };
         Ok(PeerConfig {
-            disable_events,
+            disable_events: flag(lookup, "XAI_P2P_DISABLE_SECURITY_EVENTS", d.disable_events)?,
             ring,
             keyring_file,
-            accept_legacy,
+            accept_legacy: flag(lookup, "XAI_PEER_ACCEPT_LEGACY", d.accept_legacy)?,
             policy: VerifyPolicy {
-                max_skew_secs: num("XAI_PEER_MAX_SKEW_SECONDS", 60, 1, 3600)?,
-                nonce_ttl_secs: num("XAI_PEER_NONCE_TTL_SECONDS", 300, 1, 86_400)?,
+                max_skew_secs: num(lookup, "XAI_PEER_MAX_SKEW_SECONDS", 60, 1, 3600)?,
+                nonce_ttl_secs: num(lookup, "XAI_PEER_NONCE_TTL_SECONDS", 300, 1, 86_400)?,
             },
-            nonce_capacity: usize::try_from(num(
+            nonce_capacity: num(
+                lookup,
                 "XAI_PEER_NONCE_CAPACITY",
-                1_000_000,
+                d.nonce_capacity,
                 1000,
                 100_000_000,
-            )?)
-            .unwrap_or(1_000_000),
+            )?,
         })
     }
 }

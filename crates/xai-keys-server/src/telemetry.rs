@@ -101,50 +101,30 @@ impl Default for TelemetryConfig {
 impl TelemetryConfig {
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let d = TelemetryConfig::default();
-        let get = |k: &str| {
-            lookup(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |k: &str| crate::config::var(lookup, k);
         let event_log = match get("XAI_SECURITY_EVENT_LOG").as_deref() {
             None | Some("stdout") | Some("-") => EventLog::Stdout,
             Some("stderr") => EventLog::Stderr,
             Some("off") | Some("0") | Some("none") => EventLog::Off,
             Some(p) => EventLog::File(PathBuf::from(p)),
         };
-        let require_change_window = match get("XAI_REQUIRE_CHANGE_WINDOW") {
-            None => false,
-            Some(v) => xai_keys_core::policy::parse_bool("XAI_REQUIRE_CHANGE_WINDOW", &v)
-                .map_err(|e| ConfigError(e.to_string()))?,
-        };
-        let follow_ms = match get("XAI_AUDIT_FOLLOW_MS") {
-            None => 200,
-            Some(v) => match v.parse::<u64>() {
-                Ok(n) if (10..=1000).contains(&n) => n,
-                _ => {
-                    return Err(ConfigError(format!(
-                        "XAI_AUDIT_FOLLOW_MS={v:?}: expected milliseconds from 10 to 1000 (events must reach the SOC within a second)"
-                    )));
-                }
-            },
-        };
-        let queue_key = match lookup("XAI_SECURITY_WEBHOOK_QUEUE_KEY") {
-            Some(v) if !v.trim().is_empty() => Some(Arc::new(
-                QueueKey::parse(v.trim()).map_err(|e| ConfigError(e.to_string()))?,
+        let require_change_window =
+            crate::config::flag(lookup, "XAI_REQUIRE_CHANGE_WINDOW", d.require_change_window)?;
+        // At most a second: events must reach the SOC within one.
+        let follow_ms = crate::config::num(lookup, "XAI_AUDIT_FOLLOW_MS", 200u64, 10, 1000)?;
+        let queue_key = match get("XAI_SECURITY_WEBHOOK_QUEUE_KEY") {
+            Some(v) => Some(Arc::new(
+                QueueKey::parse(&v).map_err(|e| ConfigError(e.to_string()))?,
             )),
-            _ => None,
+            None => None,
         };
-        let queue_max_events = match get("XAI_SECURITY_WEBHOOK_QUEUE_MAX_EVENTS") {
-            None => d.queue_max_events,
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if (100..=10_000_000).contains(&n) => n,
-                _ => {
-                    return Err(ConfigError(format!(
-                        "XAI_SECURITY_WEBHOOK_QUEUE_MAX_EVENTS={v:?}: expected a number from 100 to 10000000"
-                    )));
-                }
-            },
-        };
+        let queue_max_events = crate::config::num(
+            lookup,
+            "XAI_SECURITY_WEBHOOK_QUEUE_MAX_EVENTS",
+            d.queue_max_events,
+            100,
+            10_000_000,
+        )?;
         Ok(TelemetryConfig {
             event_log,
             require_change_window,

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_json::{Map, Value, json};
-use xai_keys_core::audit::Actor;
 use xai_keys_core::now_epoch;
 use xai_keys_core::peer::{
     KeyRing, MAX_NODE_ID_CHARS, PeerKey, RequestParts, VAR_CURRENT, VAR_NEXT, VAR_PREVIOUS,
@@ -349,10 +348,6 @@ fn check_path(p: &str) -> Result<()> {
     }
 }
 
-fn valid_node_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "-_.:".contains(c)
-}
-
 /// The node id and where it came from: `--node-id`, `XAI_PEER_NODE_ID`, else the host name
 /// (sanitised). A given id is checked, not changed.
 fn node_id(flag: Option<String>, env: &dyn Fn(&str) -> Option<String>) -> Result<(String, String)> {
@@ -363,10 +358,7 @@ fn node_id(flag: Option<String>, env: &dyn Fn(&str) -> Option<String>) -> Result
             .map(|v| (v.trim().to_string(), VAR_NODE_ID.to_string())),
     };
     if let Some((id, source)) = given {
-        if id.is_empty()
-            || id.chars().count() > MAX_NODE_ID_CHARS
-            || !id.chars().all(valid_node_char)
-        {
+        if xai_keys_core::peer::check_node_id(&id).is_err() {
             return Err(CliError {
                 code: "invalid_node_id",
                 message: format!(
@@ -378,14 +370,7 @@ fn node_id(flag: Option<String>, env: &dyn Fn(&str) -> Option<String>) -> Result
         }
         return Ok((id, source));
     }
-    let host = host_name();
-    let id: String = host
-        .trim()
-        .chars()
-        .map(|c| if valid_node_char(c) { c } else { '-' })
-        .take(MAX_NODE_ID_CHARS)
-        .collect();
-    if id.is_empty() {
+    let Some(id) = xai_keys_core::peer::host_node_id() else {
         return Err(CliError {
             code: "invalid_node_id",
             message: format!(
@@ -393,28 +378,13 @@ fn node_id(flag: Option<String>, env: &dyn Fn(&str) -> Option<String>) -> Result
             ),
         }
         .into());
-    }
-    let source = if id == host.trim() {
-        format!("the host name; set {VAR_NODE_ID} to choose")
-    } else {
-        format!("the host name, sanitised; set {VAR_NODE_ID} to choose")
     };
-    Ok((id, source))
-}
-
-/// The kernel's host name (uname), else `/etc/hostname`.
-fn host_name() -> String {
-    let from_uname = match Actor::current_cli_user() {
-        Actor::Cli { host, .. } => host,
-        _ => String::new(),
-    };
-    if !from_uname.trim().is_empty() {
-        return from_uname;
-    }
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .and_then(|s| s.lines().next().map(str::to_string))
-        .unwrap_or_default()
+    Ok((
+        id,
+        format!(
+            "the host name (characters a node id cannot hold become '-'); set {VAR_NODE_ID} to choose"
+        ),
+    ))
 }
 
 /// The body, byte for byte: a file, or standard input for `-`.

@@ -145,11 +145,7 @@ pub fn parse_sinks(raw: &str) -> Result<Vec<SinkConfig>, ConfigError> {
 impl WebhookConfig {
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let d = WebhookConfig::default();
-        let get = |k: &str| {
-            lookup(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
+        let get = |k: &str| crate::config::var(lookup, k);
         let dur =
             |k: &str, default: Duration, min: f64, max: f64| -> Result<Duration, ConfigError> {
                 let Some(raw) = get(k) else {

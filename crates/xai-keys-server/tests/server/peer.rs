@@ -214,19 +214,9 @@ async fn a_rotation_through_the_keyring_file_needs_no_restart() {
     let new = PeerKey::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("peer-keyring");
+    // Replaced atomically, as a Vault agent does (write_ring).
     let write = |cur: &PeerKey, next: Option<&PeerKey>, prev: Option<&PeerKey>| {
-        let mut t = format!("XAI_PEER_API_KEY={}\n", cur.expose());
-        if let Some(n) = next {
-            t.push_str(&format!("XAI_PEER_API_KEY_NEXT={}\n", n.expose()));
-        }
-        if let Some(p) = prev {
-            t.push_str(&format!("XAI_PEER_API_KEY_PREVIOUS={}\n", p.expose()));
-        }
-        // Replaced atomically, as a Vault agent does.
-        let tmp = dir.path().join("tmp");
-        std::fs::write(&tmp, t).unwrap();
-        chmod600(&tmp);
-        std::fs::rename(&tmp, &file).unwrap();
+        write_ring(&file, cur, next, prev)
     };
     write(&old, None, None);
     let f2 = file.clone();
@@ -521,20 +511,7 @@ async fn a_phased_rotation_across_three_validators_fails_no_gossip() {
         assert_eq!(r.status().as_u16(), 401);
         assert!(r.text().await.unwrap().contains("peer_unknown_key"));
         // And the egress counted what it signed.
-        let m = v
-            .state
-            .metrics
-            .render(&xai_keys_server::metrics::ScrapeInputs {
-                health: &v.state.index.health(),
-                inventory: &Default::default(),
-                sinks: &[],
-                window: None,
-                window_required: false,
-                audit_chain_ok: true,
-                uncommitted: 0,
-                peer_keys: &[],
-                now: 0.0,
-            });
+        let m = v.state.metrics.encode();
         assert!(
             m.lines()
                 .any(|l| l.starts_with("xai_peer_egress_requests_total{result=\"signed\"}")),

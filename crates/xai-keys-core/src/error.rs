@@ -183,6 +183,13 @@ pub enum Error {
         path = path.display()
     )]
     CorruptWindow { path: PathBuf, problem: String },
+
+    /// The lockdown record cannot be read. Gateways treat it as a lockdown to loopback.
+    #[error(
+        "lockdown file {path} is corrupt: {problem}. Gateways treat it as a lockdown with /admin/* open to loopback only; `xai-keys lockdown off` removes it, `xai-keys lockdown on` replaces it",
+        path = path.display()
+    )]
+    CorruptLockdown { path: PathBuf, problem: String },
 }
 
 impl Error {
@@ -207,6 +214,7 @@ impl Error {
             Error::CorruptStore { .. }
             | Error::CorruptUsage { .. }
             | Error::CorruptWindow { .. }
+            | Error::CorruptLockdown { .. }
             | Error::CorruptLog { .. }
             | Error::StoreMismatch { .. }
             | Error::InsecurePermissions { .. }
@@ -244,6 +252,7 @@ impl Error {
             Error::Retired(_) => "retired",
             Error::WindowOpen { .. } => "window_open",
             Error::CorruptWindow { .. } => "corrupt_window",
+            Error::CorruptLockdown { .. } => "corrupt_lockdown",
         }
     }
 

@@ -73,6 +73,8 @@ pub const AUDIT_ACTIONS: &[&str] = &[
     "recover",
     "window_open",
     "window_close",
+    "lockdown_on",
+    "lockdown_off",
 ];
 
 /// One security event.
@@ -147,6 +149,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "api_auth_failure",
     "api_key_expired_attempt",
     "api_admin_auth_failure",
+    "api_admin_network_refused",
     "api_rate_limited",
     "peer_auth_failure",
     "store_unreadable",
@@ -181,6 +184,9 @@ const AUDIT_DETAIL_FIELDS: &[&str] = &[
     "dropped_keys",
     "detail",
     "keys",
+    "admin_networks",
+    "since",
+    "replaces_previous",
 ];
 
 /// Deepest nesting of a detail value copied from an audit line.
@@ -260,6 +266,12 @@ pub fn from_audit_line(line: &AuditEvent, window_required: bool) -> SecurityEven
     if action == "issue" && scope == "admin" {
         severity = Severity::Critical;
     }
+    // An emergency lockdown pages; lifting it is worth a look.
+    match action {
+        "lockdown_on" => severity = Severity::Critical,
+        "lockdown_off" => severity = Severity::Warning,
+        _ => {}
+    }
     if lifecycle && window_required && !in_window {
         severity = Severity::Critical;
     }
@@ -293,6 +305,14 @@ mod tests {
     #[test]
     fn severities_follow_the_rules() {
         let sev = |v: Value, req: bool| from_audit_line(&line(v), req).severity;
+        assert_eq!(
+            sev(json!({"action":"lockdown_on","reason":"incident"}), false),
+            Severity::Critical
+        );
+        assert_eq!(
+            sev(json!({"action":"lockdown_off","reason":"over"}), true),
+            Severity::Warning
+        );
         assert_eq!(
             sev(json!({"action":"issue","scope":"user"}), false),
             Severity::Info

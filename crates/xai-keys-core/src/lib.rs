@@ -6,8 +6,10 @@
 
 pub mod audit;
 mod backup;
+pub mod envkeys;
 pub mod error;
 pub mod events;
+pub mod lockdown;
 pub mod ops;
 pub mod peer;
 pub mod policy;
@@ -16,6 +18,7 @@ pub mod scope;
 pub mod store;
 pub mod token;
 pub mod usage;
+pub mod volume;
 pub mod window;
 
 pub use error::{Error, ErrorClass, Result, TextField};

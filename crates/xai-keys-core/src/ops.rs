@@ -325,6 +325,40 @@ impl<'a> KeyManager<'a> {
         })
     }
 
+    /// A new record for a key moved from the environment ([`crate::envkeys::import`]).
+    pub(crate) fn env_record(
+        &self,
+        scope: Scope,
+        label: String,
+        ttl: TtlRequest,
+        now: f64,
+    ) -> Result<KeyRecord> {
+        let label = check_label(&label)?;
+        Ok(self
+            .new_record(scope, label, ttl, crate::envkeys::ORIGIN, now)?
+            .0)
+    }
+
+    /// Adds several new keys in one commit (all or none), refusing to overwrite an existing id.
+    pub(crate) fn insert_many(
+        &self,
+        adds: &[(KeyId, KeyRecord)],
+        actor: &Actor,
+        now: f64,
+    ) -> Result<()> {
+        self.commit(actor, now, &mut |keys: &mut KeyMap| {
+            let mut drafts = Vec::with_capacity(adds.len());
+            for (id, record) in adds {
+                if keys.contains_key(id) {
+                    return Err(Error::Duplicate(id.to_string()));
+                }
+                keys.insert(id.clone(), record.clone());
+                drafts.push(issue_draft(id, record));
+            }
+            Ok(drafts)
+        })
+    }
+
     /// Registers a key by its hash alone (the plaintext stays in an HSM).
     pub fn import(
         &self,

@@ -461,7 +461,8 @@ pub enum PeerRefusal {
     /// The body's SHA-256 is not the one signed.
     BodyMismatch,
     BadSignature,
-    /// The nonce was seen within the window.
+    /// The nonce was seen within the window, or the request was signed no later than a
+    /// nonce the memory already dropped (possible only after the clock was stepped back).
     Replay,
     /// The nonce memory is full of unexpired nonces: refused rather than forgetting one. The
     /// oldest nonce of the full part of the cache expires in `retry_after_secs`.
@@ -496,7 +497,7 @@ impl PeerRefusal {
             PeerRefusal::Skew { skew_secs } => format!("the request's timestamp is {skew_secs} s from this node's clock, beyond XAI_PEER_MAX_SKEW_SECONDS: check NTP on both nodes"),
             PeerRefusal::BodyMismatch => "the body is not the one that was signed".into(),
             PeerRefusal::BadSignature => "the peer signature does not verify".into(),
-            PeerRefusal::Replay => "this nonce was already used: a replayed request".into(),
+            PeerRefusal::Replay => "this nonce was already used, or the request is older than the nonces this node still remembers (its clock was stepped back): a replayed request; re-sign it, and check NTP if this persists".into(),
             PeerRefusal::NonceCapacity { retry_after_secs } => format!("too many peer requests within the replay window (XAI_PEER_NONCE_CAPACITY); retry in {retry_after_secs} s"),
             PeerRefusal::LegacyDisabled => "peer keys in X-API-Key are not accepted here (XAI_PEER_ACCEPT_LEGACY=0): sign requests (X-XAI-Peer-* headers)".into(),
         }
@@ -524,7 +525,18 @@ struct NonceShard {
     /// digest of (node, nonce) → expiry (whole epoch seconds, exclusive).
     map: HashMap<[u8; 16], u64>,
     /// expiry second → digests expiring then.
-    by_expiry: std::collections::BTreeMap<u64, Vec<[u8; 16]>>,
+    by_expiry: std::collections::BTreeMap<u64, Bucket>,
+    /// The latest signing time of a nonce this shard has dropped. Dropping is safe only while
+    /// that timestamp fails the skew check; a clock stepped back makes it pass again, so a
+    /// request signed no later than this is refused rather than taken for a first use.
+    forgotten_through: Option<i64>,
+}
+
+/// The nonces expiring in one second, and the latest signing time among them.
+#[derive(Default)]
+struct Bucket {
+    keys: Vec<[u8; 16]>,
+    latest_signed: Option<i64>,
 }
 
 impl NonceShard {
@@ -534,11 +546,14 @@ impl NonceShard {
             if *entry.key() > now_sec {
                 break;
             }
-            let (sec, keys) = entry.remove_entry();
-            for k in keys {
+            let (sec, bucket) = entry.remove_entry();
+            for k in bucket.keys {
                 if self.map.get(&k) == Some(&sec) {
                     self.map.remove(&k);
                 }
+            }
+            if let Some(t) = bucket.latest_signed {
+                self.forgotten_through = Some(self.forgotten_through.map_or(t, |f| f.max(t)));
             }
         }
     }
@@ -557,6 +572,7 @@ impl NonceCache {
                         // lock would stall the shard's requests.
                         map: HashMap::with_capacity(per_shard.min(1 << 16)),
                         by_expiry: Default::default(),
+                        forgotten_through: None,
                     })
                 })
                 .collect(),
@@ -583,6 +599,33 @@ impl NonceCache {
         now: f64,
         expires: f64,
     ) -> std::result::Result<(), PeerRefusal> {
+        self.check(node, nonce, None, now, expires)
+    }
+
+    /// [`NonceCache::check_and_record`] for a request signed at `signed_at` (epoch seconds).
+    /// Also refuses (as a replay) a request signed no later than a nonce this cache has
+    /// already dropped: after the clock was stepped back, such a request may be the replay
+    /// of one whose nonce was forgotten when its timestamp stopped passing the skew check.
+    /// While the clock only moves forward this never refuses a request that passes the skew.
+    pub fn check_and_record_signed(
+        &self,
+        node: &str,
+        nonce: &str,
+        signed_at: i64,
+        now: f64,
+        expires: f64,
+    ) -> std::result::Result<(), PeerRefusal> {
+        self.check(node, nonce, Some(signed_at), now, expires)
+    }
+
+    fn check(
+        &self,
+        node: &str,
+        nonce: &str,
+        signed_at: Option<i64>,
+        now: f64,
+        expires: f64,
+    ) -> std::result::Result<(), PeerRefusal> {
         let k = Self::key(node, nonce);
         let shard = &self.shards[usize::from(k[0]) % NONCE_SHARDS];
         let mut s = match shard.lock() {
@@ -594,6 +637,11 @@ impl NonceCache {
         if s.map.get(&k).is_some_and(|e| *e > now_sec) {
             return Err(PeerRefusal::Replay);
         }
+        if let (Some(t), Some(f)) = (signed_at, s.forgotten_through)
+            && t <= f
+        {
+            return Err(PeerRefusal::Replay);
+        }
         if s.map.len() >= self.per_shard {
             let oldest = s.by_expiry.keys().next().copied().unwrap_or(now_sec + 1);
             return Err(PeerRefusal::NonceCapacity {
@@ -603,7 +651,11 @@ impl NonceCache {
         // Whole seconds, rounded up: never forgotten before `expires`.
         let exp = expires.max(0.0).ceil() as u64;
         s.map.insert(k, exp);
-        s.by_expiry.entry(exp).or_default().push(k);
+        let b = s.by_expiry.entry(exp).or_default();
+        b.keys.push(k);
+        if let Some(t) = signed_at {
+            b.latest_signed = Some(b.latest_signed.map_or(t, |l| l.max(t)));
+        }
         Ok(())
     }
 
@@ -776,7 +828,7 @@ pub fn verify_peer_request(
     let ttl = policy.nonce_ttl_secs.max(2 * policy.max_skew_secs) as f64;
     // Remembered until the timestamp itself can no longer pass the skew check, at least.
     let expires = (p.ts as f64 + policy.max_skew_secs as f64 + 1.0).max(now + ttl);
-    nonces.check_and_record(&p.node, &p.nonce, now, expires)?;
+    nonces.check_and_record_signed(&p.node, &p.nonce, p.ts, now, expires)?;
     Ok(VerifiedPeer {
         fingerprint: p.fp,
         node_id: p.node,
@@ -989,6 +1041,36 @@ mod tests {
             n.check_and_record("a", &format!("{:032x}", 59_999), t, t + 10.0),
             Err(PeerRefusal::Replay)
         );
+    }
+
+    #[test]
+    fn a_clock_stepped_back_does_not_reopen_dropped_nonces() {
+        let n = NonceCache::new(100_000);
+        let first = format!("{:032x}", 1);
+        let t = NOW.floor() as i64;
+        n.check_and_record_signed("a", &first, t, NOW, NOW + 300.0)
+            .unwrap();
+        // Past its memory, nonces recorded later make every shard drop what expired.
+        for i in 2..258u32 {
+            n.check_and_record_signed("b", &format!("{i:032x}"), t + 400, NOW + 400.0, NOW + 700.0)
+                .unwrap();
+        }
+        // Stepped back: the first request's timestamp would pass the skew again.
+        assert_eq!(
+            n.check_and_record_signed("a", &first, t, NOW + 10.0, NOW + 310.0),
+            Err(PeerRefusal::Replay)
+        );
+        // A request signed after anything dropped is a first use, and is then remembered.
+        let fresh = format!("{:032x}", 9999);
+        n.check_and_record_signed("a", &fresh, t + 10, NOW + 10.0, NOW + 310.0)
+            .unwrap();
+        assert_eq!(
+            n.check_and_record_signed("a", &fresh, t + 10, NOW + 11.0, NOW + 311.0),
+            Err(PeerRefusal::Replay)
+        );
+        // Without a signing time (the plain check), nothing changes.
+        n.check_and_record("a", &first, NOW + 10.0, NOW + 310.0)
+            .unwrap();
     }
 
     #[test]

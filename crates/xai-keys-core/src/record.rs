@@ -33,6 +33,8 @@ pub enum Origin {
     Imported,
     /// `bootstrap-admin`.
     Bootstrap,
+    /// Moved from the environment (`XAI_API_KEYS` …) by `import-env`.
+    Environment,
 }
 
 impl Origin {
@@ -42,6 +44,7 @@ impl Origin {
             Origin::Supplied => "supplied",
             Origin::Imported => "imported",
             Origin::Bootstrap => "bootstrap",
+            Origin::Environment => "env",
         }
     }
     fn parse(s: &str) -> Option<Self> {
@@ -50,6 +53,7 @@ impl Origin {
             Origin::Supplied,
             Origin::Imported,
             Origin::Bootstrap,
+            Origin::Environment,
         ]
         .into_iter()
         .find(|o| o.as_str() == s)

@@ -200,6 +200,7 @@ pub struct FileStore {
     usage: PathBuf,
     usage_lock: PathBuf,
     window: PathBuf,
+    lockdown: PathBuf,
     dir: PathBuf,
     opts: FileStoreOptions,
     /// In-process serialisation of writers, and the last parse of the store.
@@ -240,6 +241,7 @@ impl FileStore {
             usage: sibling(&store, ".usage"),
             usage_lock: sibling(&store, ".usage.lock"),
             window: sibling(&store, ".window"),
+            lockdown: sibling(&store, ".lockdown"),
             store,
             dir,
             opts,
@@ -259,6 +261,11 @@ impl FileStore {
     /// `<store>.window`: the change window ([`crate::window`]).
     pub fn window_path(&self) -> &Path {
         &self.window
+    }
+
+    /// `<store>.lockdown`: the emergency lockdown in force ([`crate::lockdown`]).
+    pub fn lockdown_path(&self) -> &Path {
+        &self.lockdown
     }
 
     /// `<store>.usage`: the last-use statistics ([`crate::usage`]).
@@ -1205,30 +1212,113 @@ impl KeyStore for FileStore {
             Ok(draft.take().into_iter().collect())
         })?;
         if let Some(w) = window {
-            let mut bytes = serde_json::to_vec_pretty(w).map_err(|e| {
-                Error::InvalidInput(format!("cannot render the change window: {e}"))
-            })?;
-            bytes.push(b'\n');
-            let tmp = usage::temp_path(&self.window)?;
-            fsutil::write_exclusive(
-                &tmp,
-                &bytes,
-                self.sync(),
-                fsutil::owner_to_keep(&[&self.store, &self.dir])?,
-            )?;
-            if let Err(e) = fs::rename(&tmp, &self.window) {
-                let _ = fs::remove_file(&tmp);
-                return Err(Error::io(
-                    "rename change window file into place",
-                    &self.window,
-                    e,
-                ));
-            }
-            if self.sync() {
-                fsutil::sync_dir(&self.dir)?;
+            self.write_state_file(&self.window, w, "change window")?;
+        }
+        Ok(Some(info))
+    }
+
+    fn lockdown(&self) -> Result<Option<crate::lockdown::Lockdown>> {
+        check_all(&[&self.dir, &self.lockdown], &mut Vec::new())?;
+        let corrupt = |problem: String| Error::CorruptLockdown {
+            path: self.lockdown.clone(),
+            problem,
+        };
+        let Some(bytes) =
+            fsutil::read_small_regular(&self.lockdown, 64 * 1024).map_err(|e| match e {
+                Error::InvalidInput(m) => corrupt(m),
+                other => other,
+            })?
+        else {
+            return Ok(None);
+        };
+        let l: crate::lockdown::Lockdown =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        crate::lockdown::check_recorded(&l).map_err(corrupt)?;
+        Ok(Some(l))
+    }
+
+    /// Fails safe: on, the file is written before the audit line; off, the line is written
+    /// before the file is removed. A crash in between leaves the lockdown in force (and
+    /// `lockdown off` finishes the job), never recorded but not in force. Serialised by
+    /// `<store>.lockdown.lock`.
+    fn set_lockdown(
+        &self,
+        actor: &Actor,
+        now: f64,
+        lockdown: Option<&crate::lockdown::Lockdown>,
+        draft: AuditDraft,
+    ) -> Result<Option<CommitInfo>> {
+        let lock_path = sibling(&self.store, ".lockdown.lock");
+        check_all(&[&self.dir, &self.lockdown, &lock_path], &mut Vec::new())?;
+        fsutil::ensure_dir(&self.dir)?;
+        let owner = fsutil::owner_to_keep(&[&self.store, &self.dir])?;
+        let _lock = fsutil::lock_exclusive(
+            &lock_path,
+            owner,
+            self.opts.lock_timeout,
+            LOCK_WAIT_NOTICE,
+            self.opts.on_lock_wait,
+        )?;
+        // A damaged file still counts as "on" for turning it off (the off line is written and
+        // the file removed); only "nothing there" makes off a no-op.
+        let present = match self.lockdown() {
+            Ok(l) => l.is_some(),
+            Err(Error::CorruptLockdown { .. }) => true,
+            Err(e) => return Err(e),
+        };
+        if lockdown.is_none() && !present {
+            return Ok(None);
+        }
+        if let Some(l) = lockdown {
+            self.write_state_file(&self.lockdown, l, "lockdown")?;
+        }
+        let mut draft = Some(draft);
+        let info = self.commit(actor, now, &mut |_keys: &mut KeyMap| {
+            Ok(draft.take().into_iter().collect())
+        })?;
+        if lockdown.is_none() {
+            match fs::remove_file(&self.lockdown) {
+                Ok(()) => {
+                    if self.sync() {
+                        fsutil::sync_dir(&self.dir)?;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove lockdown file", &self.lockdown, e)),
             }
         }
         Ok(Some(info))
+    }
+}
+
+/// State files beside the store (the change window, the lockdown).
+impl FileStore {
+    /// Writes `value` as pretty JSON to `path` by a new 0600 file renamed into place (and, when
+    /// durable, synced with its directory), owned like the store.
+    fn write_state_file(
+        &self,
+        path: &Path,
+        value: &impl serde::Serialize,
+        what: &str,
+    ) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(value)
+            .map_err(|e| Error::InvalidInput(format!("cannot render the {what}: {e}")))?;
+        bytes.push(b'\n');
+        let tmp = usage::temp_path(path)?;
+        fsutil::write_exclusive(
+            &tmp,
+            &bytes,
+            self.sync(),
+            fsutil::owner_to_keep(&[&self.store, &self.dir])?,
+        )?;
+        if let Err(e) = fs::rename(&tmp, path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("rename state file into place", path, e));
+        }
+        if self.sync() {
+            fsutil::sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 }
 

@@ -21,6 +21,13 @@ use crate::window::ChangeWindow;
 pub mod file;
 pub(crate) mod fsutil;
 
+/// Reads a small regular file that a hostile local user might replace: `None` when it does not
+/// exist; never follows a symbolic link, never blocks on a FIFO, refuses more than `max` bytes.
+/// For the settings files front ends read (allow-lists, key rings).
+pub fn read_small_regular_file(path: &std::path::Path, max: u64) -> crate::Result<Option<Vec<u8>>> {
+    fsutil::read_small_regular(path, max)
+}
+
 pub use file::{Durability, FileStore, FileStoreOptions};
 
 /// How a loaded store stands against the state its audit log last recorded.
@@ -211,6 +218,21 @@ pub trait KeyStore: Send + Sync {
         actor: &Actor,
         now: f64,
         window: Option<&ChangeWindow>,
+        draft: AuditDraft,
+    ) -> Result<Option<CommitInfo>>;
+
+    /// The lockdown in force, if any ([`crate::lockdown`]).
+    fn lockdown(&self) -> Result<Option<crate::lockdown::Lockdown>>;
+
+    /// Records `lockdown` (`Some`: on, or replaced; `None`: off) together with its audit line
+    /// `draft`, serialised with every other change of lockdown. Turning it off when it is not
+    /// on writes nothing (`Ok(None)`). Use [`crate::lockdown::engage`] and
+    /// [`crate::lockdown::release`], which validate first.
+    fn set_lockdown(
+        &self,
+        actor: &Actor,
+        now: f64,
+        lockdown: Option<&crate::lockdown::Lockdown>,
         draft: AuditDraft,
     ) -> Result<Option<CommitInfo>>;
 }

@@ -5,6 +5,7 @@
 
 mod common;
 mod crash_points;
+mod lockdown;
 mod props_chain;
 mod props_store;
 mod props_token;

@@ -13,10 +13,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use xai_keys_core::audit::{Actor, EventQuery};
 use xai_keys_core::ops::{
-    IssueRequest, KeyManager, MIN_PREFIX, RotateRequest, check_label, listing_json_with_usage,
+    IssueRequest, KeyManager, MAX_LABEL_CHARS, MIN_PREFIX, RotateRequest, check_label,
+    is_unsafe_text_char, listing_json_with_usage,
 };
 use xai_keys_core::policy::TtlRequest;
 use xai_keys_core::scope::Scope;
+use xai_keys_core::{Error as CoreError, TextField};
 
 use crate::credentials::form_pairs;
 use crate::error::{ApiError, success};
@@ -25,6 +27,102 @@ use crate::state::AppState;
 
 /// Largest `limit` of `GET /admin/api-key-events`.
 pub const MAX_EVENTS_LIMIT: usize = 1000;
+
+/// The smallest `expires_in_days` (one second); the OpenAPI document publishes the same number.
+pub const MIN_TTL_DAYS: f64 = 1.0 / 86_400.0;
+/// The smallest `expires_in_hours` (one second).
+pub const MIN_TTL_HOURS: f64 = 1.0 / 3_600.0;
+/// The largest `expires_in_days` or `expires_in_hours` given as a number (longer lifetimes are
+/// clamped to the policy's maximum anyway; past this the expiry would overflow).
+pub const MAX_TTL_NUMBER: f64 = 1e300;
+
+/// A lifetime given as a string: a decimal of at least 1 (no sign, exponent, spaces or leading
+/// zeros), as the handlers read it; published in the OpenAPI document.
+pub const TTL_STRING_PATTERN: &str = r"^[1-9][0-9]{0,8}(\.[0-9]{1,9})?$";
+/// `grace`: whole seconds, or a whole number with a unit (s, m, h, d, w).
+pub const GRACE_PATTERN: &str = r"^(0|[1-9][0-9]{0,8})[smhdw]?$";
+/// `if_idle`: as `grace`, but greater than zero.
+pub const IF_IDLE_PATTERN: &str = r"^[1-9][0-9]{0,8}[smhdw]?$";
+/// A change window's `duration`: a whole number with a unit from 1 minute to 7 days: 60 to
+/// 604800 s, 1 to 10080 m, 1 to 168 h, 1 to 7 d or 1 w.
+pub const WINDOW_DURATION_PATTERN: &str = concat!(
+    r"^(?:(?:[6-9][0-9]|[1-9][0-9]{2,4}|[1-5][0-9]{5}|60[0-3][0-9]{3}|604[0-7][0-9]{2}|604800)s",
+    r"|(?:[1-9][0-9]{0,3}|100[0-7][0-9]|10080)m|(?:[1-9][0-9]?|1[0-5][0-9]|16[0-8])h|[1-7]d|1w)$"
+);
+/// `since` as epoch seconds.
+pub const SINCE_EPOCH_PATTERN: &str = r"^[0-9]{1,12}(\.[0-9]{1,6})?$";
+/// `since` as a duration ago.
+/// One of `admin_networks` as CIDR: an IPv4 network (no leading zeros, prefix 0–32).
+pub const IPV4_CIDR_PATTERN: &str = r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}/(3[0-2]|[12]?[0-9])$";
+/// One of `admin_networks` as CIDR: an IPv6 network in hex groups (prefix 0–128).
+pub const IPV6_CIDR_PATTERN: &str = concat!(
+    r"^(([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,7}:|",
+    r"([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}|",
+    r"([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}|",
+    r"([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}|",
+    r":((:[0-9a-fA-F]{1,4}){1,7}|:))/(12[0-8]|1[01][0-9]|[1-9]?[0-9])$"
+);
+pub const SINCE_AGO_PATTERN: &str = r"^(0|[1-9][0-9]{0,8})[smhdw]$";
+
+/// Seconds per duration unit.
+const UNITS: &[(char, f64)] = &[
+    ('s', 1.0),
+    ('m', 60.0),
+    ('h', 3_600.0),
+    ('d', 86_400.0),
+    ('w', 604_800.0),
+];
+
+/// A duration in the gateway's one grammar: `0` or a whole number without leading zeros (at
+/// most 9 digits), followed by one of `units` (or by none, meaning seconds, when `bare`).
+/// Nothing else: no spaces, signs, fractions or compound forms, so that the published patterns
+/// describe exactly what is accepted.
+fn grammar_duration(raw: &str, units: &[(char, f64)], bare: bool) -> Option<f64> {
+    let (digits, per) = match raw.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
+            let per = units.iter().find(|(u, _)| *u == c)?.1;
+            (&raw[..raw.len() - 1], per)
+        }
+        _ if bare => (raw, 1.0),
+        _ => return None,
+    };
+    let ok = !digits.is_empty()
+        && digits.len() <= 9
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !(digits.len() > 1 && digits.starts_with('0'));
+    if !ok {
+        return None;
+    }
+    digits.parse::<u64>().ok().map(|n| n as f64 * per)
+}
+
+/// A decimal with `int` integer digits at most and an optional fraction of `frac` digits at
+/// most: `^[0-9]{1,int}(\.[0-9]{1,frac})?$`.
+fn is_plain_decimal(raw: &str, int: usize, frac: usize) -> bool {
+    let (i, f) = match raw.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (raw, None),
+    };
+    let digits =
+        |s: &str, max: usize| (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    digits(i, int) && f.is_none_or(|f| digits(f, frac))
+}
+
+/// Free text (a label, a reason, a ticket) as it was sent: the core trims before it checks, so
+/// a trailing newline or an overlong padded value would otherwise slip through. The published
+/// schema says "at most 256 characters, none of them unsafe", and this makes it true.
+fn raw_text(field: TextField, raw: &str) -> Result<(), ApiError> {
+    let problem = if raw.chars().count() > MAX_LABEL_CHARS {
+        format!("a {field} is at most {MAX_LABEL_CHARS} characters")
+    } else if raw.chars().any(is_unsafe_text_char) {
+        format!(
+            "a {field} may not contain control characters (newlines, tabs, escapes) or Unicode bidirectional controls, not even at its start or end"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(CoreError::InvalidText { field, problem }.into())
+}
 
 fn actor(ctx: &RequestContext) -> Actor {
     Actor::Http {
@@ -166,12 +264,20 @@ fn opt_bool(m: &Map<String, Value>, f: &str) -> Result<Option<bool>, ApiError> {
     }
 }
 
-/// A positive finite number, given as a JSON number or a numeric string (as the reference).
-fn opt_positive(m: &Map<String, Value>, f: &str) -> Result<Option<f64>, ApiError> {
-    let v = match m.get(f) {
+/// A lifetime in `f`'s unit (days or hours), at least `min` (one second): a JSON number up to
+/// [`MAX_TTL_NUMBER`], or (as the reference) a decimal string matching [`TTL_STRING_PATTERN`].
+fn opt_ttl(m: &Map<String, Value>, f: &str, min: f64) -> Result<Option<f64>, ApiError> {
+    let x = match m.get(f) {
         None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+        Some(Value::String(s)) => {
+            return match s.parse::<f64>() {
+                Ok(x) if is_plain_decimal(s, 9, 9) && !s.starts_with('0') => Ok(Some(x)),
+                _ => Err(ApiError::invalid_payload(format!(
+                    "Invalid {f}: must be a finite positive number, given as a JSON number or as a decimal string of at least 1 such as \"1.5\" (no sign, exponent or spaces)"
+                ))),
+            };
+        }
         Some(other) => {
             return Err(ApiError::invalid_payload(format!(
                 "Invalid {f}: must be a number, not {}",
@@ -179,32 +285,35 @@ fn opt_positive(m: &Map<String, Value>, f: &str) -> Result<Option<f64>, ApiError
             )));
         }
     };
-    match v {
-        Some(x) if x.is_finite() && x > 0.0 => Ok(Some(x)),
-        Some(x) if x.is_finite() => Err(ApiError::invalid_payload(format!(
-            "TTL must be positive: {f} is {x}"
-        ))),
-        _ => Err(ApiError::invalid_payload(format!(
+    if !x.is_finite() {
+        return Err(ApiError::invalid_payload(format!(
             "Invalid {f}: must be a finite positive number"
-        ))),
+        )));
     }
+    if x <= 0.0 {
+        return Err(ApiError::invalid_payload(format!(
+            "TTL must be positive: {f} is {x}"
+        )));
+    }
+    if x < min {
+        return Err(ApiError::invalid_payload(format!(
+            "TTL must be at least 1 second: {f} is too small"
+        )));
+    }
+    if x > MAX_TTL_NUMBER {
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            format!("TTL out of range: {f} is at most {MAX_TTL_NUMBER:e}"),
+        ));
+    }
+    Ok(Some(x))
 }
 
 /// TTL from `expires_in_days` (preferred, as the reference) or `expires_in_hours`, or
 /// `permanent`.
 fn ttl_from(m: &Map<String, Value>) -> Result<Option<TtlRequest>, ApiError> {
-    let days = opt_positive(m, "expires_in_days")?;
-    let hours = opt_positive(m, "expires_in_hours")?;
-    for (f, secs) in [
-        ("expires_in_days", days.map(|d| d * 86_400.0)),
-        ("expires_in_hours", hours.map(|h| h * 3_600.0)),
-    ] {
-        if secs.is_some_and(|s| s < 1.0) {
-            return Err(ApiError::invalid_payload(format!(
-                "TTL must be at least 1 second: {f} is too small"
-            )));
-        }
-    }
+    let days = opt_ttl(m, "expires_in_days", MIN_TTL_DAYS)?;
+    let hours = opt_ttl(m, "expires_in_hours", MIN_TTL_HOURS)?;
     let permanent = opt_bool(m, "permanent")?.unwrap_or(false);
     if permanent && (days.is_some() || hours.is_some()) {
         return Err(ApiError::invalid_payload(
@@ -232,33 +341,22 @@ fn scope_from(m: &Map<String, Value>) -> Result<Option<Scope>, ApiError> {
     }
 }
 
-/// A duration: a JSON number of seconds, or a string like `15m`, `24h`.
+/// A duration string in the gateway's grammar ([`GRACE_PATTERN`]): whole seconds, or a whole
+/// number with a unit such as `15m`, `24h`, `7d`.
 fn duration_secs(f: &str, raw: &str) -> Result<f64, ApiError> {
-    let t = raw.trim();
-    let secs = match t.parse::<f64>() {
-        Ok(s) => s,
-        Err(_) => humantime::parse_duration(t)
-            .map(|d| d.as_secs_f64())
-            .map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_payload",
-                    format!("{f} {raw:?} is not a duration: use seconds or e.g. 15m, 24h, 7d"),
-                )
-            })?,
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(ApiError::invalid_payload(format!(
-            "{f} must be zero or positive and finite"
-        )));
-    }
-    Ok(secs)
+    grammar_duration(raw, UNITS, true).ok_or_else(|| {
+        ApiError::invalid_payload(format!(
+            "{f} {raw:?} is not a duration: use whole seconds or a whole number with a unit (s, m, h, d, w), e.g. 15m, 24h, 7d"
+        ))
+    })
 }
 
 /// The `{key_id}` path parameter: a full id or a prefix of at least [`MIN_PREFIX`] hex
 /// characters. Anything else is refused without repeating it: a plaintext key pasted where its
 /// id belongs must not be echoed back (the core's message quotes what it was given).
 fn key_id_param(given: &str) -> Result<String, ApiError> {
-    let g = given.trim();
+    // Not trimmed: the published pattern has no room for spaces, so none are accepted.
+    let g = given;
     if (MIN_PREFIX..=64).contains(&g.len()) && g.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(g.to_string());
     }
@@ -331,9 +429,13 @@ pub async fn health(State(st): State<AppState>) -> Response {
             "last_reload": h.last_reload,
             "reloads": h.reloads,
             "failed_reloads": h.failed_reloads,
+            "warnings": h.warnings,
         },
         "upstream": st.upstream.as_ref().map(|u| u.url()),
-        "auth_required": st.cfg.auth_required,
+        // A lockdown requires keys everywhere; the networks it allows are not shown here
+        // (health is public): see GET /admin/lockdown.
+        "auth_required": st.cfg.auth_required || st.access.lockdown_active(),
+        "lockdown": st.access.lockdown_active(),
         "version": env!("CARGO_PKG_VERSION"),
     });
     (status, axum::Json(body)).into_response()
@@ -379,13 +481,13 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         .into_response()
 }
 
-pub async fn openapi() -> Response {
+pub async fn openapi(State(st): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        crate::openapi::document().to_string(),
+        crate::openapi::document_for(st.cfg.ttl.allow_permanent).to_string(),
     )
         .into_response()
 }
@@ -419,11 +521,36 @@ pub async fn list_keys(State(st): State<AppState>) -> Result<Response, ApiError>
         }
         let mut warnings = warnings;
         warnings.extend(usage_warning);
+        // Keys from the environment this gateway serves: by hash only, as the reference's
+        // "manual" keys (counted there), and listed with `source: env`.
+        let idx = st2.index.load_full();
+        let (mut manual_user, mut manual_admin) = (0, 0);
+        for e in idx.env_entries() {
+            if e.scope == xai_keys_core::scope::Scope::Admin {
+                manual_admin += 1;
+            } else {
+                manual_user += 1;
+            }
+            let var = e.env_var.unwrap_or("");
+            let j = xai_keys_core::envkeys::listing_json(
+                e.scope,
+                var,
+                &format!("env:{var}"),
+                usage.get(e.key_id.as_str()),
+            );
+            store.insert(e.key_id.to_string(), j);
+        }
+        if manual_user + manual_admin > 0 {
+            warnings.push(format!(
+                "{} key(s) come from this gateway's environment (source: env): they never expire and cannot be revoked; move them into the store with `xai-keys import-env`",
+                manual_user + manual_admin
+            ));
+        }
         Ok(success(
             StatusCode::OK,
             json!({
-                "manual_keys": 0,
-                "manual_admin_keys": 0,
+                "manual_keys": manual_user,
+                "manual_admin_keys": manual_admin,
                 "store": store,
                 "store_status": st2.index.health(),
                 "warnings": warnings,
@@ -453,6 +580,7 @@ pub async fn issue_key(
         )?;
         let label = opt_string(&m, "label")?.unwrap_or_default();
         // Validated before the store-health check: a bad request is a 400 whatever the store's state.
+        raw_text(TextField::Label, &label)?;
         check_label(&label)?;
         let scope = scope_from(&m)?.unwrap_or(Scope::User);
         let ttl = ttl_from(&m)?.unwrap_or(TtlRequest::Default);
@@ -512,6 +640,26 @@ pub async fn revoke_key(
             return Err(ApiError::invalid_payload("if_idle must be positive"));
         }
         let reason = q.get("reason").cloned();
+        if let Some(r) = &reason {
+            raw_text(TextField::Reason, r)?;
+        }
+        // A key from this gateway's environment is not the store's to revoke.
+        if let Some(e) = st
+            .index
+            .load()
+            .env_entries()
+            .find(|e| key_id.len() >= 12 && e.key_id.as_str().starts_with(key_id.as_str()))
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "env_key",
+                format!(
+                    "key {} comes from {} in this gateway's environment, not from the store: it cannot be revoked here. Remove it from the environment and restart the gateway (or move it into the store first with `xai-keys import-env`, then revoke it)",
+                    e.key_id.fingerprint(),
+                    e.env_var.unwrap_or("the environment")
+                ),
+            ));
+        }
         writable(&st)?;
         let st2 = st.clone();
         blocking("revoking a key", move || {
@@ -569,7 +717,14 @@ pub async fn rotate_key(
         let grace_secs = match m.get("grace") {
             None | Some(Value::Null) => 0.0,
             Some(Value::String(s)) => duration_secs("grace", s)?,
-            Some(Value::Number(n)) => duration_secs("grace", &n.to_string())?,
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(g) if g.is_finite() && g >= 0.0 => g,
+                _ => {
+                    return Err(ApiError::invalid_payload(
+                        "grace must be zero or positive and finite",
+                    ));
+                }
+            },
             Some(other) => {
                 return Err(ApiError::invalid_payload(format!(
                     "grace must be seconds or a duration string such as \"24h\", not {}",
@@ -578,7 +733,11 @@ pub async fn rotate_key(
             }
         };
         // An empty label is "not given" (inherit), as an empty scope is.
-        let label = opt_string(&m, "label")?.filter(|l| !l.trim().is_empty());
+        let label = opt_string(&m, "label")?;
+        if let Some(l) = &label {
+            raw_text(TextField::Label, l)?;
+        }
+        let label = label.filter(|l| !l.trim().is_empty());
         if let Some(l) = &label {
             check_label(l)?;
         }
@@ -692,13 +851,7 @@ pub async fn events(
         },
     };
     let now = st.now();
-    let since = match q.get("since") {
-        None => None,
-        Some(v) => Some(
-            xai_keys_core::audit::parse_since(v, now)
-                .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?,
-        ),
-    };
+    let since = q.get("since").map(|v| since_from(v, now)).transpose()?;
     let query = EventQuery {
         limit,
         action: q.get("action").map(|s| s.trim().to_string()),
@@ -711,6 +864,29 @@ pub async fn events(
         Ok(success(StatusCode::OK, json!({ "events": page.events })))
     })
     .await
+}
+
+/// `since`: epoch seconds ([`SINCE_EPOCH_PATTERN`]), a duration ago ([`SINCE_AGO_PATTERN`]) or
+/// an RFC 3339 time. The core reads more forms (spaces, fractions of a unit, compound
+/// durations); the API takes exactly what its document describes.
+fn since_from(v: &str, now: f64) -> Result<f64, ApiError> {
+    if let Some(ago) = grammar_duration(v, UNITS, false) {
+        return Ok(now - ago);
+    }
+    let rfc3339_shape = v.len() >= 20
+        && v.is_char_boundary(10)
+        && matches!(v.as_bytes()[10], b'T' | b't')
+        && v.as_bytes()[..4].iter().all(u8::is_ascii_digit);
+    if is_plain_decimal(v, 12, 6) || rfc3339_shape {
+        return xai_keys_core::audit::parse_since(v, now)
+            .map_err(|e| ApiError::bad_request("invalid_query", e.to_string()));
+    }
+    Err(ApiError::bad_request(
+        "invalid_query",
+        format!(
+            "since {v:?}: use an RFC 3339 time (2026-01-31T12:00:00Z), epoch seconds, or a duration ago such as 2h"
+        ),
+    ))
 }
 
 // ---- change windows ----
@@ -756,14 +932,15 @@ async fn window_open_inner(
         ApiError::invalid_payload("\"ticket\" is required: the change request id, such as CHG-123")
     })?;
     let reason = opt_string(&m, "reason")?.unwrap_or_default();
+    raw_text(TextField::Ticket, &ticket)?;
+    raw_text(TextField::Reason, &reason)?;
     let secs = match (m.get("duration"), m.get("duration_seconds")) {
-        (Some(Value::String(d)), None) => humantime::parse_duration(d.trim())
-            .map_err(|_| {
+        (Some(Value::String(d)), None) => grammar_duration(d, UNITS, false)
+            .ok_or_else(|| {
                 ApiError::invalid_payload(format!(
-                    "\"duration\" {d:?} is not a duration such as 30m, 2h or 1d"
+                    "\"duration\" {d:?} is not a duration such as 30m, 2h or 1d: a whole number with a unit (s, m, h, d, w), from 60 s to 7 days"
                 ))
-            })?
-            .as_secs_f64(),
+            })?,
         (None, Some(Value::Number(n))) => n.as_f64().unwrap_or(f64::NAN),
         (None, None) => {
             return Err(ApiError::invalid_payload(
@@ -816,6 +993,7 @@ pub async fn window_close(
 ) -> Result<Response, ApiError> {
     let q = query_map(q.as_deref(), &["reason"])?;
     let reason = q.get("reason").cloned().unwrap_or_default();
+    raw_text(TextField::Reason, &reason)?;
     writable(&st)?;
     let st2 = st.clone();
     let r = blocking("closing a change window", move || {
@@ -840,6 +1018,114 @@ pub async fn window_close(
     r
 }
 
+// ---- emergency lockdown ----
+
+/// `GET /admin/lockdown`: the lockdown in force (as this gateway applies it) and the admin
+/// network allow-list.
+pub async fn lockdown_status(State(st): State<AppState>) -> Result<Response, ApiError> {
+    Ok(success(StatusCode::OK, st.access.status_json()))
+}
+
+/// `POST /admin/lockdown` `{"reason": "…", "ticket": "INC-1", "admin_networks": ["10.8.0.0/16"]}`:
+/// turns lockdown on (or replaces the one in force) for every gateway on the store.
+pub async fn lockdown_on(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let r = lockdown_on_inner(st.clone(), ctx, headers, body).await;
+    record(&st, "lockdown_on", &r);
+    r
+}
+
+async fn lockdown_on_inner(
+    st: AppState,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let m = json_object(&st, &headers, body).await?;
+    only_fields(&m, &["reason", "ticket", "admin_networks"])?;
+    let reason = opt_string(&m, "reason")?
+        .ok_or_else(|| ApiError::invalid_payload("\"reason\" is required: what the incident is"))?;
+    let ticket = opt_string(&m, "ticket")?.unwrap_or_default();
+    raw_text(TextField::Reason, &reason)?;
+    raw_text(TextField::Ticket, &ticket)?;
+    let admin_networks = match m.get("admin_networks") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v.as_str() {
+                // As sent: no surrounding space (the document's patterns have none).
+                Some(n) if n.trim() == n && !n.is_empty() => Ok(n.to_string()),
+                _ => Err(ApiError::invalid_payload(
+                    "\"admin_networks\" must be a list of CIDR strings such as \"10.8.0.0/16\" or addresses, without spaces",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(v) => {
+            return Err(ApiError::invalid_payload(format!(
+                "\"admin_networks\" must be a list of CIDR strings, not {}",
+                kind(v)
+            )));
+        }
+    };
+    let st2 = st.clone();
+    blocking("turning lockdown on", move || {
+        let now = st2.now();
+        let l = xai_keys_core::lockdown::engage(
+            st2.store.as_ref(),
+            &xai_keys_core::lockdown::EngageLockdown {
+                reason,
+                ticket,
+                admin_networks,
+            },
+            &actor(&ctx),
+            now,
+        )?;
+        // In force here at once; the other gateways follow within a poll.
+        st2.access.poll_lockdown(st2.store.as_ref());
+        st2.metrics.set_lockdown(st2.access.lockdown_active());
+        Ok(success(
+            StatusCode::CREATED,
+            json!({"lockdown": l.to_json()}),
+        ))
+    })
+    .await
+}
+
+/// `DELETE /admin/lockdown?reason=…`: turns lockdown off.
+pub async fn lockdown_off(
+    State(st): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = query_map(q.as_deref(), &["reason"])?;
+    let reason = q.get("reason").cloned().unwrap_or_default();
+    raw_text(TextField::Reason, &reason)?;
+    let st2 = st.clone();
+    let r = blocking("turning lockdown off", move || {
+        let now = st2.now();
+        let was = xai_keys_core::lockdown::release(st2.store.as_ref(), &reason, &actor(&ctx), now)?;
+        st2.access.poll_lockdown(st2.store.as_ref());
+        st2.metrics.set_lockdown(st2.access.lockdown_active());
+        Ok(match was {
+            Some(l) => success(
+                StatusCode::OK,
+                json!({"released": true, "lockdown": {"active": false, "was": l.to_json()}}),
+            ),
+            None => success(
+                StatusCode::OK,
+                json!({"released": false, "lockdown": {"active": false}, "message": "no lockdown is in force"}),
+            ),
+        })
+    })
+    .await;
+    record(&st, "lockdown_off", &r);
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -858,14 +1144,31 @@ mod tests {
             opt_bool(&obj(json!({"permanent": false})), "permanent").unwrap(),
             Some(false)
         );
-        assert!(opt_positive(&obj(json!({"expires_in_days": "inf"})), "expires_in_days").is_err());
-        assert!(opt_positive(&obj(json!({"expires_in_days": "nan"})), "expires_in_days").is_err());
-        assert!(opt_positive(&obj(json!({"expires_in_days": 0})), "expires_in_days").is_err());
-        assert!(opt_positive(&obj(json!({"expires_in_days": [1]})), "expires_in_days").is_err());
-        assert_eq!(
-            opt_positive(&obj(json!({"expires_in_days": "2.5"})), "expires_in_days").unwrap(),
-            Some(2.5)
-        );
+        let days = |v: Value| {
+            opt_ttl(
+                &obj(json!({ "expires_in_days": v })),
+                "expires_in_days",
+                MIN_TTL_DAYS,
+            )
+        };
+        for bad in [
+            json!("inf"),
+            json!("nan"),
+            json!(0),
+            json!([1]),
+            json!(" 2"),
+            json!("+2"),
+            json!("1e3"),
+            json!("0.5"),
+            json!("02"),
+            json!(1e301),
+            json!(MIN_TTL_DAYS / 2.0),
+        ] {
+            assert!(days(bad.clone()).is_err(), "{bad}");
+        }
+        assert_eq!(days(json!("2.5")).unwrap(), Some(2.5));
+        assert_eq!(days(json!(MIN_TTL_DAYS)).unwrap(), Some(MIN_TTL_DAYS));
+        assert_eq!(days(json!(MAX_TTL_NUMBER)).unwrap(), Some(MAX_TTL_NUMBER));
         assert!(ttl_from(&obj(json!({"permanent": true, "expires_in_days": 1}))).is_err());
         assert!(ttl_from(&obj(json!({"expires_in_hours": 1e-300}))).is_err());
         assert!(scope_from(&obj(json!({"scope": "root"}))).is_err());
@@ -879,6 +1182,38 @@ mod tests {
 
     #[test]
     fn durations_and_queries() {
+        assert_eq!(duration_secs("g", "1w").unwrap(), 604_800.0);
+        assert_eq!(duration_secs("g", "0").unwrap(), 0.0);
+        for bad in [
+            "", " 15m", "15m ", "1h30m", "1.5h", "015m", "15 m", "15min", "+5", "1e3",
+        ] {
+            assert!(duration_secs("g", bad).is_err(), "{bad:?}");
+        }
+        for (d, ok) in [
+            ("1m", true),
+            ("10080m", true),
+            ("10081m", false),
+            ("168h", true),
+            ("7d", true),
+            ("1w", true),
+            ("2w", false),
+            ("59s", false),
+            ("604800s", true),
+            ("604801s", false),
+            ("60s", true),
+            ("60", false),
+        ] {
+            assert_eq!(
+                grammar_duration(d, UNITS, false).is_some_and(|s| (60.0..=604_800.0).contains(&s)),
+                ok,
+                "{d}"
+            );
+        }
+        assert!(
+            is_plain_decimal("1234.5", 12, 6)
+                && !is_plain_decimal("1.", 12, 6)
+                && !is_plain_decimal(".5", 12, 6)
+        );
         assert_eq!(duration_secs("g", "15m").unwrap(), 900.0);
         assert_eq!(duration_secs("g", "30").unwrap(), 30.0);
         assert!(duration_secs("g", "-1").is_err());

@@ -24,6 +24,12 @@ pub struct ServerConfig {
     pub allow_query_key: bool,
     /// `XAI_TRUSTED_PROXIES`: proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// `XAI_ADMIN_ALLOWED_NETWORKS`: client networks `/admin/*` is served to (a CIDR list, or
+    /// a file re-read on change and on SIGHUP); unset: any client.
+    pub admin_networks: crate::access::AdminNetworksSource,
+    /// `XAI_API_KEYS`, `XAI_API_ADMIN_KEYS`, `XAI_API_ADMIN_TOKEN`: keys configured in the
+    /// environment (ids only), served until the store manages them.
+    pub env_keys: Vec<xai_keys_core::envkeys::EnvKey>,
     /// `XAI_API_MAX_JSON_BYTES` (1 MiB): admin API bodies.
     pub max_json_bytes: usize,
     /// `XAI_PROXY_MAX_BODY_BYTES` (16 MiB): proxied request bodies.
@@ -76,6 +82,8 @@ impl Default for ServerConfig {
             auth_required: true,
             allow_query_key: false,
             trusted_proxies: Vec::new(),
+            admin_networks: crate::access::AdminNetworksSource::Anywhere,
+            env_keys: Vec::new(),
             max_json_bytes: 1 << 20,
             max_proxy_body_bytes: 16 << 20,
             upstream_timeout: Duration::from_secs(30),
@@ -177,6 +185,12 @@ impl ServerConfig {
             auth_required: flag(lookup, "XAI_API_AUTH_REQUIRED", d.auth_required)?,
             allow_query_key: flag(lookup, "XAI_API_KEY_ALLOW_QUERY", d.allow_query_key)?,
             trusted_proxies,
+            admin_networks: crate::access::AdminNetworksSource::from_value(
+                lookup(crate::access::ADMIN_NETWORKS_VAR).as_deref(),
+            )
+            .map_err(ConfigError)?,
+            env_keys: xai_keys_core::envkeys::from_lookup(lookup)
+                .map_err(|e| ConfigError(e.to_string()))?,
             max_json_bytes: num(
                 lookup,
                 "XAI_API_MAX_JSON_BYTES",

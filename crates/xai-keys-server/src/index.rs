@@ -40,6 +40,8 @@ pub struct Entry {
     pub scope: Scope,
     pub expires_at: Option<f64>,
     pub disabled: bool,
+    /// `Some(variable)` for a key configured in the environment (never in the store).
+    pub env_var: Option<&'static str>,
 }
 
 impl Entry {
@@ -50,6 +52,7 @@ impl Entry {
             scope: r.scope,
             expires_at: r.expires_at,
             disabled: r.disabled,
+            env_var: None,
         }
     }
 
@@ -116,10 +119,37 @@ impl KeyIndex {
                     scope: old.scope,
                     expires_at,
                     disabled: old.disabled || r.disabled,
+                    env_var: None,
                 },
             );
         }
         KeyIndex { map }
+    }
+
+    /// Adds keys from the environment that the store does not manage (see
+    /// `xai_keys_core::envkeys`): they never expire and are never disabled. A key the index
+    /// already has (from the store) keeps its stored state.
+    pub fn with_env<'a>(
+        mut self,
+        keys: impl Iterator<Item = &'a xai_keys_core::envkeys::EnvKey>,
+    ) -> Self {
+        for k in keys {
+            let digest = k.key_id.digest_bytes();
+            self.map.entry(digest).or_insert_with(|| Entry {
+                key_id: k.key_id.clone(),
+                digest,
+                scope: k.scope,
+                expires_at: None,
+                disabled: false,
+                env_var: Some(k.var),
+            });
+        }
+        self
+    }
+
+    /// The keys from the environment this index serves.
+    pub fn env_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.map.values().filter(|e| e.env_var.is_some())
     }
 
     pub fn len(&self) -> usize {

@@ -19,6 +19,7 @@
 
 use std::sync::Arc;
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod bootstrap;

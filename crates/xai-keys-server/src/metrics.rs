@@ -47,6 +47,8 @@ pub struct Inventory {
     /// `[scope][state]` in the order of `SCOPES` and `STATES`.
     pub counts: [[i64; 3]; 4],
     pub expiring_soon: [i64; 4],
+    /// Keys served from the environment (`XAI_API_KEYS` …), by scope (also in `counts`).
+    pub env: [i64; 4],
     /// Epoch seconds of the next expiry of an active key.
     pub next_expiry: Option<f64>,
 }
@@ -59,6 +61,9 @@ impl Inventory {
             let state = e.state(now);
             let ti = STATES.iter().position(|s| *s == state).unwrap_or(0);
             inv.counts[si][ti] += 1;
+            if e.env_var.is_some() {
+                inv.env[si] += 1;
+            }
             if state == KeyState::Active
                 && let Some(x) = e.expires_at
             {
@@ -126,6 +131,7 @@ pub struct Metrics {
     store_ok: Gauge,
     store_degraded: Gauge,
     store_unreadable: Gauge,
+    store_warnings: Gauge,
     index_keys: Gauge,
     store_last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
     store_reloads: Counter,
@@ -155,6 +161,9 @@ pub struct Metrics {
     egress: Family<Labels1, Counter>,
     peer_keys: Family<OwnedLabels, Gauge>,
     keyring_reload_failures: Counter,
+    lockdown_active: Gauge,
+    admin_network_refusals: Family<Labels1, Counter>,
+    env_keys: Family<Labels1, Gauge>,
 }
 
 impl Default for Metrics {
@@ -225,6 +234,11 @@ impl Metrics {
             &mut r,
             "xai_keys_store_unreadable",
             "1 when the store cannot be read (last good index served)",
+        );
+        let store_warnings: Gauge = reg(
+            &mut r,
+            "xai_keys_store_warnings",
+            "Warnings of the last store load (such as files readable by group or others), listed in /health",
         );
         let index_keys: Gauge = reg(
             &mut r,
@@ -363,6 +377,23 @@ impl Metrics {
             "xai_peer_keyring_reload_failures",
             "Keyring file changes (or SIGHUPs) that could not be used: the previous ring stayed in force",
         );
+        let lockdown_active: Gauge = reg(
+            &mut r,
+            "xai_lockdown_active",
+            "1 while an emergency lockdown is in force (`xai-keys lockdown on`; an unreadable lockdown file counts as on)",
+        );
+        let admin_network_refusals: Family<Labels1, Counter> = reg(
+            &mut r,
+            "xai_admin_network_refusals",
+            "Requests to /admin/* refused because of the client's network, by what refused them (allow_list, lockdown)",
+        );
+        let env_keys: Family<Labels1, Gauge> = reg(
+            &mut r,
+            "xai_api_env_keys",
+            "Keys served from the environment (XAI_API_KEYS, XAI_API_ADMIN_KEYS, XAI_API_ADMIN_TOKEN) by scope: they never expire and cannot be revoked (`xai-keys import-env`)",
+        );
+        let _ = admin_network_refusals.get_or_create(&[("by", "allow_list")]);
+        let _ = admin_network_refusals.get_or_create(&[("by", "lockdown")]);
         // Series exist from the start at zero: `increase()` in an alert rule cannot see the
         // first event of a series that appears with it.
         for t in xai_keys_core::events::EVENT_TYPES {
@@ -395,6 +426,9 @@ impl Metrics {
         let _ = events_dropped.get_or_create(&[("reason", "invalid")]);
         audit_chain_ok.set(1);
         Metrics {
+            env_keys,
+            lockdown_active,
+            admin_network_refusals,
             peer_keys,
             keyring_reload_failures,
             egress,
@@ -428,12 +462,25 @@ impl Metrics {
             store_ok,
             store_degraded,
             store_unreadable,
+            store_warnings,
             index_keys,
             store_last_reload,
             store_reloads,
             store_reload_failures,
             usage_flush_failures,
         }
+    }
+
+    /// Whether a lockdown is in force (set by the lockdown poller, whatever `XAI_METRICS` says).
+    pub fn set_lockdown(&self, active: bool) {
+        self.lockdown_active.set(i64::from(active));
+    }
+
+    /// A request to `/admin/*` refused by the allow-list or the lockdown.
+    pub fn admin_network_refused(&self, by: &'static str) {
+        self.admin_network_refusals
+            .get_or_create(&[("by", by)])
+            .inc();
     }
 
     /// An authentication result decided outside `auth::decide` (peer routes): counted, not timed.
@@ -596,6 +643,9 @@ impl Metrics {
             self.expiring_soon
                 .get_or_create(&[("scope", scope.as_str())])
                 .set(inp.inventory.expiring_soon[si]);
+            self.env_keys
+                .get_or_create(&[("scope", scope.as_str())])
+                .set(inp.inventory.env[si]);
         }
         self.next_expiry.clear();
         if let Some(x) = inp.inventory.next_expiry {
@@ -647,6 +697,8 @@ impl Metrics {
         self.store_ok.set(flag(h.status == "ok"));
         self.store_degraded.set(flag(h.status == "degraded"));
         self.store_unreadable.set(flag(h.status == "unreadable"));
+        self.store_warnings
+            .set(i64::try_from(h.warnings.len()).unwrap_or(i64::MAX));
         self.index_keys
             .set(i64::try_from(h.keys).unwrap_or(i64::MAX));
         self.store_last_reload.set(h.last_reload.unwrap_or(0.0));

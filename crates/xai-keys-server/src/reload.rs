@@ -19,6 +19,13 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use xai_keys_core::store::{Integrity, KeyStore, StoreVersion};
 
+use std::collections::HashSet;
+
+use xai_keys_core::audit::{FollowFrom, LogFollower, str_field};
+use xai_keys_core::envkeys::EnvKey;
+use xai_keys_core::record::KeyMap;
+use xai_keys_core::token::KeyId;
+
 use crate::index::KeyIndex;
 use crate::relock;
 
@@ -35,6 +42,11 @@ pub struct StoreHealth {
     pub failed_reloads: u64,
     pub keys: usize,
     pub integrity: &'static str,
+    /// What the last successful load warned about (a store, log or directory readable by
+    /// group or others; legacy records filled in; an interrupted change completed). The store
+    /// is still served and changed, as the CLI does with a warning: these are reported
+    /// (`/health`, `xai_keys_store_warnings`), not refused.
+    pub warnings: Vec<String>,
 }
 
 impl StoreHealth {
@@ -83,7 +95,91 @@ fn integrity_problem(i: &Integrity, exists: bool) -> Option<String> {
     }
 }
 
+/// Keys from the environment and which of them the store manages: an id seen in the store or
+/// anywhere in its audit log is the store's for good (imported, then maybe revoked), so the
+/// environment's copy is never served again. The log is read once from its start, then only
+/// what each reload finds appended.
+#[derive(Default)]
+struct EnvTracker {
+    keys: Vec<EnvKey>,
+    managed: HashSet<KeyId>,
+    follower: Option<LogFollower>,
+}
+
+impl EnvTracker {
+    /// Updates `managed` from a snapshot's keys and the log; `false` when the log could not be
+    /// read (no environment key is served then: which of them were revoked is unknown).
+    fn refresh(&mut self, store: &dyn KeyStore, keys: &KeyMap) -> bool {
+        if self.keys.is_empty() {
+            return true;
+        }
+        for k in &self.keys {
+            if keys.contains_key(&k.key_id) {
+                self.managed.insert(k.key_id.clone());
+            }
+        }
+        if self.keys.iter().all(|k| self.managed.contains(&k.key_id)) {
+            return true;
+        }
+        if self.follower.is_none() {
+            match store.log_follower(Some(FollowFrom {
+                offset: 0,
+                file_id: None,
+                last_hash: None,
+            })) {
+                Ok(f) => self.follower = Some(f),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the audit log to check the environment's keys; not serving them");
+                    return false;
+                }
+            }
+        }
+        let Some(f) = self.follower.as_mut() else {
+            return false;
+        };
+        // Each poll reads what was appended since the last; a bounded number of rounds.
+        for _ in 0..1_000 {
+            match f.poll() {
+                Ok(batch) if batch.events.is_empty() && batch.reset.is_none() => return true,
+                Ok(batch) => {
+                    for line in &batch.events {
+                        if let Some(id) = str_field(line, "key_id")
+                            && let Some(k) = self.keys.iter().find(|k| k.key_id.as_str() == id)
+                        {
+                            self.managed.insert(k.key_id.clone());
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the audit log to check the environment's keys; not serving them");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn unmanaged(&self) -> impl Iterator<Item = &EnvKey> {
+        self.keys
+            .iter()
+            .filter(|k| !self.managed.contains(&k.key_id))
+    }
+
+    /// `index` plus the environment's unmanaged keys (none when the log could not be read).
+    fn apply(&mut self, store: &dyn KeyStore, keys: &KeyMap, index: KeyIndex) -> KeyIndex {
+        if self.keys.is_empty() {
+            return index;
+        }
+        if self.refresh(store, keys) {
+            index.with_env(self.unmanaged())
+        } else {
+            index
+        }
+    }
+}
+
 struct ReloadState {
+    env: EnvTracker,
     version: Option<StoreVersion>,
     /// The last index built from a store that matched its log.
     good: Arc<KeyIndex>,
@@ -103,6 +199,16 @@ impl IndexHandle {
     /// Loads the store for the first time. Refuses a store that cannot be read or does not
     /// match its audit log: there is no good index to fall back on.
     pub fn initial(store: &dyn KeyStore, now: f64) -> Result<Self, StartError> {
+        Self::initial_with_env(store, now, Vec::new())
+    }
+
+    /// [`IndexHandle::initial`], also serving `env_keys` (from the environment) for as long as
+    /// the store does not manage them.
+    pub fn initial_with_env(
+        store: &dyn KeyStore,
+        now: f64,
+        env_keys: Vec<EnvKey>,
+    ) -> Result<Self, StartError> {
         let version = store.version().ok();
         let snap = store.load(now).map_err(|e| StartError::Load {
             location: store.location(),
@@ -117,7 +223,11 @@ impl IndexHandle {
         for w in &snap.warnings {
             tracing::warn!(store = %store.location(), "{w}");
         }
-        let idx = Arc::new(KeyIndex::from_keys(&snap.keys));
+        let mut env = EnvTracker {
+            keys: env_keys,
+            ..Default::default()
+        };
+        let idx = Arc::new(env.apply(store, &snap.keys, KeyIndex::from_keys(&snap.keys)));
         let health = StoreHealth {
             status: "ok",
             problem: None,
@@ -126,11 +236,13 @@ impl IndexHandle {
             failed_reloads: 0,
             keys: idx.len(),
             integrity: integrity_name(&snap.integrity),
+            warnings: snap.warnings.clone(),
         };
         Ok(IndexHandle {
             current: ArcSwap::new(idx.clone()),
             health: Mutex::new(health),
             state: Mutex::new(ReloadState {
+                env,
                 version,
                 good: idx,
                 completed: 0,
@@ -214,7 +326,11 @@ impl IndexHandle {
         let problem = integrity_problem(&snap.integrity, snap.exists);
         let idx = match &problem {
             None => {
-                let idx = Arc::new(KeyIndex::from_keys(&snap.keys));
+                let idx = Arc::new(st.env.apply(
+                    store,
+                    &snap.keys,
+                    KeyIndex::from_keys(&snap.keys),
+                ));
                 st.good = idx.clone();
                 idx
             }
@@ -223,7 +339,8 @@ impl IndexHandle {
                     problem = %p,
                     "key store does not match its audit log: applying removals and restrictions only; run `xai-keys verify`"
                 );
-                Arc::new(st.good.restricted_by(&snap.keys))
+                let restricted = st.good.restricted_by(&snap.keys);
+                Arc::new(st.env.apply(store, &snap.keys, restricted))
             }
         };
         let keys = idx.len();
@@ -249,6 +366,13 @@ impl IndexHandle {
         h.reloads += 1;
         h.keys = keys;
         h.integrity = integrity_name(&snap.integrity);
+        // Logged when they change, not at every reload.
+        if h.warnings != snap.warnings {
+            for w in snap.warnings.iter().filter(|w| !h.warnings.contains(w)) {
+                tracing::warn!(store = %store.location(), "{w}");
+            }
+            h.warnings = snap.warnings;
+        }
     }
 }
 

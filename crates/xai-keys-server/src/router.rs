@@ -84,6 +84,8 @@ fn own_route(method: &Method, path: &str) -> Option<(Access, &'static str)> {
         (["admin", "api-key-events"], true) => (Access::Auditor, "/admin/api-key-events"),
         (["admin", "change-window"], true) => (Access::Auditor, "/admin/change-window"),
         (["admin", "change-window"], _) => (Access::Admin, "/admin/change-window"),
+        (["admin", "lockdown"], true) => (Access::Auditor, "/admin/lockdown"),
+        (["admin", "lockdown"], _) => (Access::Admin, "/admin/lockdown"),
         // Any other method on the key API's paths: admin, then a JSON 405 from the router.
         (["admin", "api-keys", ..], _) | (["admin", "api-key-events"], _) => {
             (Access::Admin, "/admin/api-keys")
@@ -114,6 +116,12 @@ pub fn router(state: AppState) -> Router {
             get(admin::window_status)
                 .post(admin::window_open)
                 .delete(admin::window_close),
+        )
+        .route(
+            "/admin/lockdown",
+            get(admin::lockdown_status)
+                .post(admin::lockdown_on)
+                .delete(admin::lockdown_off),
         )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(proxy)
@@ -239,12 +247,22 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
     // method-scoped rules, so it is refused here.
     if !STANDARD_METHODS.contains(&method) {
         tracing::info!(target: "xai_keys::auth", client = %client, "request refused: non-standard method");
-        return ApiError::new(
+        let mut resp = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "only GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS are accepted (methods are case-sensitive)",
         )
         .into_response();
+        // RFC 9110: a 405 lists what the resource supports: an own route's methods, else every
+        // method the gateway forwards.
+        let allow = normalize_path_with(req.uri().path(), &st.cfg.api_versions)
+            .ok()
+            .and_then(|p| crate::openapi::allowed_methods(&p))
+            .unwrap_or_else(|| "GET,HEAD,POST,PUT,PATCH,DELETE,OPTIONS".to_string());
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+        return resp;
     }
     let norm = match normalize_path_with(req.uri().path(), &st.cfg.api_versions) {
         Ok(p) => p,
@@ -260,6 +278,14 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
     let (route, own) = route_for(&st, &method, &norm);
     let now = st.now();
     let class = route.access.as_str();
+
+    // The admin network fence (allow-list, or the lockdown's networks) comes before any
+    // credential is looked at: a client outside it learns nothing about keys.
+    if is_admin_path(&norm)
+        && let Err(refusal) = st.access.check_admin_client(client)
+    {
+        return admin_network_refused(&st, &refusal, &method, &route.template, class, started, now);
+    }
 
     if route.access != Access::Public
         && st.cfg.rate_limit_enabled
@@ -341,7 +367,8 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
                 route.access,
                 &method,
                 &creds,
-                st.cfg.auth_required,
+                // A lockdown requires keys on every non-public route, whatever the setting.
+                st.cfg.auth_required || st.access.lockdown_active(),
                 now,
             )
         };
@@ -511,6 +538,57 @@ fn auth_event(st: &AppState, f: &AuthFailure<'_>) {
             "key_id": f.key_id.map(|k| k.as_str()),
         }),
     );
+}
+
+/// `/admin` and everything under it (what `XAI_ADMIN_ALLOWED_NETWORKS` and lockdown fence).
+fn is_admin_path(norm: &str) -> bool {
+    norm == "/admin" || norm.starts_with("/admin/")
+}
+
+/// The 403 for a client outside the admin networks: counted, logged, and an
+/// `api_admin_network_refused` event (once a minute per client network).
+fn admin_network_refused(
+    st: &AppState,
+    refusal: &crate::access::NetworkRefusal,
+    method: &Method,
+    route: &str,
+    class: &'static str,
+    started: Instant,
+    now: f64,
+) -> Response {
+    let client = refusal.client;
+    st.metrics.admin_network_refused(refusal.by);
+    st.metrics.auth(
+        "network_refused",
+        "none",
+        class,
+        started.elapsed().as_secs_f64(),
+    );
+    tracing::warn!(target: "xai_keys::auth", client = %client, route, by = refusal.by, "request refused: client network not allowed on /admin/*");
+    st.telemetry.emitter.emit_throttled(
+        &format!("adminnet|{}|{}", client_bucket(client), refusal.by),
+        "api_admin_network_refused",
+        Severity::Warning,
+        now,
+        json!({
+            "client": client.to_string(),
+            "method": method.as_str(),
+            "route": route,
+            "by": refusal.by,
+        }),
+    );
+    let message = if refusal.by == "lockdown" {
+        format!(
+            "an emergency lockdown is in force: /admin/* is served only to the lockdown's admin networks, and {client} is not in them (an operator on the host can run `xai-keys lockdown status`)"
+        )
+    } else {
+        format!(
+            "/admin/* is not served to {client}: it is outside the admin networks (XAI_ADMIN_ALLOWED_NETWORKS)"
+        )
+    };
+    ApiError::new(StatusCode::FORBIDDEN, "admin_network_refused", message)
+        .with_reason("network_refused")
+        .into_response()
 }
 
 /// `api_rate_limited`, once a minute per limiter and client.

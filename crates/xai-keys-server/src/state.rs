@@ -26,6 +26,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub telemetry: Arc<Telemetry>,
     pub peers: Arc<crate::peer::PeerAuth>,
+    /// The admin network allow-list and the emergency lockdown.
+    pub access: Arc<crate::access::AccessControl>,
     pub upstream: Option<Upstream>,
     pub clock: Clock,
 }
@@ -74,6 +76,7 @@ pub struct Gateway {
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) watcher: Option<std::thread::JoinHandle<()>>,
     pub(crate) peer_watcher: Option<std::thread::JoinHandle<()>>,
+    pub(crate) access_watcher: Option<std::thread::JoinHandle<()>>,
     /// The peer egress proxy's listener, served by `run` beside the main one.
     pub(crate) egress: Option<tokio::net::TcpListener>,
 }
@@ -98,7 +101,14 @@ impl Gateway {
         store: Arc<dyn KeyStore>,
         clock: Clock,
     ) -> Result<Self, GatewayError> {
-        let index = Arc::new(IndexHandle::initial(store.as_ref(), clock())?);
+        if let Some(w) = xai_keys_core::envkeys::warning(&cfg.env_keys) {
+            tracing::warn!("{w}");
+        }
+        let index = Arc::new(IndexHandle::initial_with_env(
+            store.as_ref(),
+            clock(),
+            cfg.env_keys.clone(),
+        )?);
         let upstream = match &cfg.upstream_url {
             Some(u) => Some(
                 Upstream::new(u, cfg.upstream_timeout, cfg.max_proxy_body_bytes)
@@ -137,6 +147,33 @@ impl Gateway {
             }
             None => None,
         };
+        // The lockdown is read before the first request is served, then every poll interval
+        // (at most every 500 ms: "within a second"), with the allow-list file's changes.
+        let access = Arc::new(
+            crate::access::AccessControl::new(cfg.admin_networks.clone())
+                .map_err(GatewayError::Config)?,
+        );
+        access.poll_lockdown(store.as_ref());
+        metrics.set_lockdown(access.lockdown_active());
+        let access_watcher = {
+            let (a, st, m, stop) = (access.clone(), store.clone(), metrics.clone(), stop.clone());
+            let every = cfg.store_poll.clamp(
+                std::time::Duration::from_millis(20),
+                std::time::Duration::from_millis(500),
+            );
+            std::thread::Builder::new()
+                .name("xai-keys-access-watch".into())
+                .spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(every);
+                        if let Some(active) = a.poll_lockdown(st.as_ref()) {
+                            m.set_lockdown(active);
+                        }
+                        a.poll_networks_file();
+                    }
+                })
+                .map_err(GatewayError::Thread)?
+        };
         let watcher = crate::reload::spawn_watcher(
             index.clone(),
             store.clone(),
@@ -155,6 +192,7 @@ impl Gateway {
             metrics,
             telemetry,
             peers,
+            access,
             upstream,
             clock,
         }));
@@ -162,6 +200,7 @@ impl Gateway {
             state,
             stop,
             watcher: Some(watcher),
+            access_watcher: Some(access_watcher),
             peer_watcher,
             egress: None,
         })
@@ -182,6 +221,12 @@ impl Gateway {
         self.state.peers.reload()
     }
 
+    /// Re-reads the admin allow-list file (what SIGHUP does). `Ok(false)` when the list is not
+    /// a file; on error the previous list stays in force.
+    pub fn reload_admin_networks(&self) -> Result<bool, String> {
+        self.state.access.reload_networks()
+    }
+
     /// The router over this gateway's state.
     pub fn router(&self) -> axum::Router {
         crate::router(self.state.clone())
@@ -194,6 +239,9 @@ impl Gateway {
             let _ = w.join();
         }
         if let Some(w) = self.peer_watcher.take() {
+            let _ = w.join();
+        }
+        if let Some(w) = self.access_watcher.take() {
             let _ = w.join();
         }
         self.state.flush_usage();

@@ -548,6 +548,16 @@ impl Harness {
     }
 }
 
+/// The value of one series in the gateway's scrape: `series` is the name with its labels as
+/// rendered (`xai_lockdown_active`, `xai_api_env_keys{scope="user"}`); panics when absent.
+pub async fn scrape_value(h: &Harness, series: &str) -> f64 {
+    let text = h.send(get("/metrics")).await.text();
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in the scrape"))
+}
+
 /// Polls `cond` every 10 ms until it holds; panics after [`WAIT`].
 pub async fn wait_until<F, Fut>(what: &str, mut cond: F) -> Duration
 where

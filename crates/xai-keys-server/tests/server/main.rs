@@ -8,13 +8,17 @@
 //! Every wait is bounded, and every response is checked for echoed keys.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod access;
 mod admin_api;
 mod admin_input;
 mod assets;
 mod auth_policy;
 mod bootstrap;
+mod clock;
 mod common;
 mod connections;
+mod envkeys;
+mod files;
 mod metrics;
 mod peer;
 mod proxy;

@@ -40,6 +40,10 @@ pub enum Command {
     Import(ImportArgs),
     /// Revoke (delete) a key.
     Revoke(RevokeArgs),
+    /// Move the keys configured in the environment (XAI_API_KEYS, XAI_API_ADMIN_KEYS,
+    /// XAI_API_ADMIN_TOKEN) into the store as audited, expiring keys, by hash. Keys already in
+    /// the store are left alone; keys revoked earlier are never imported again.
+    ImportEnv(ImportEnvArgs),
     /// Suspend a key reversibly.
     Disable(KeyArg),
     /// Re-enable a suspended key.
@@ -63,6 +67,12 @@ pub enum Command {
     /// Open, close or show the change window in which key changes are planned.
     #[command(subcommand)]
     Window(WindowCommand),
+    /// Emergency lockdown (runbook 5.1): while on, every gateway on this store requires a key
+    /// on every non-public route and serves /admin/* only to the lockdown's networks (loopback
+    /// unless --admin-networks names others). Gateways follow within a second; on and off are
+    /// audited, and on is a CRITICAL security event.
+    #[command(subcommand)]
+    Lockdown(LockdownCommand),
     /// Print the security events that webhooks could not deliver (the dead-letter file), as
     /// NDJSON, decrypting with XAI_SECURITY_WEBHOOK_QUEUE_KEY when the queue is encrypted.
     DeadLetters(DeadLettersArgs),
@@ -75,6 +85,10 @@ pub enum Command {
     /// `keygen` ever prints a key.
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// Write the man pages (xai-keys.1 and one per command), generated from these definitions,
+    /// into a directory. For packagers.
+    #[command(hide = true)]
+    Man(ManArgs),
 }
 
 /// `peer`: the shared peer key ring (issue 5).
@@ -165,6 +179,38 @@ pub enum WindowCommand {
     Close(WindowCloseArgs),
     /// Show whether a change window is open.
     Status,
+}
+
+/// `lockdown`: the emergency switch.
+#[derive(Debug, Subcommand)]
+pub enum LockdownCommand {
+    /// Turn lockdown on (again: replace the reason, ticket and networks of the one in force).
+    On(LockdownOnArgs),
+    /// Turn lockdown off.
+    Off(LockdownOffArgs),
+    /// Show whether lockdown is on, since when, why and for which networks.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct LockdownOnArgs {
+    /// What the incident is (recorded in the audit log and the event).
+    #[arg(long)]
+    pub reason: String,
+    /// The incident ticket, such as INC-42.
+    #[arg(long, default_value = "")]
+    pub ticket: String,
+    /// Client networks that keep /admin/* (CIDR, comma-separated, IPv4 and IPv6), such as the
+    /// VPN: 10.8.0.0/16,fd00:8::/48. Default: loopback only.
+    #[arg(long, value_name = "CIDR,…", value_delimiter = ',')]
+    pub admin_networks: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LockdownOffArgs {
+    /// Why it is over (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +340,15 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ImportEnvArgs {
+    /// Show what would be imported without writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub ttl: TtlArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct KeyArg {
     /// Full key id or a unique prefix of at least 12 hex characters.
     pub key_id: String,
@@ -357,6 +412,23 @@ pub struct WatchArgs {
     /// Poll interval: a duration (`250ms`) or seconds (`0.5`, as the reference).
     #[arg(long, default_value = "250ms", value_name = "DURATION")]
     pub interval: String,
+    /// Resume file for a supervised shipper: where the last emitted line ended. When it
+    /// exists, watching resumes right after that line (no replay), so a restart loses nothing
+    /// and repeats at most the batch being written when it stopped; it is saved (atomically,
+    /// 0600) after every batch is written.
+    #[arg(long, value_name = "PATH")]
+    pub cursor: Option<PathBuf>,
+    /// Append the NDJSON to this file (created 0600, fsynced after every batch, before the
+    /// cursor moves) instead of standard output.
+    #[arg(long, value_name = "PATH", conflicts_with = "pretty")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -380,6 +452,11 @@ pub struct VerifyArgs {
     /// after reviewing an out-of-band change that verify reported.
     #[arg(long)]
     pub adopt: bool,
+    /// Fail unless the store is on encrypted storage (dm-crypt/LUKS, a memory filesystem such
+    /// as a Vault Agent's tmpfs, or an encrypting stacked filesystem). Without it, storage that
+    /// is not, or cannot be shown to be, encrypted is a warning.
+    #[arg(long)]
+    pub require_encrypted: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,12 +1,15 @@
 //! `events` and `watch-events`.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use xai_keys_core::audit::{AuditEvent, EventQuery, LogFollower, str_field};
+use xai_keys_core::audit::{
+    AuditEvent, EventQuery, FollowFrom, LogFollower, is_chained, str_field,
+};
 use xai_keys_core::now_epoch;
 use xai_keys_core::store::{FileStore, KeyStore};
 
@@ -136,6 +139,134 @@ fn last_use_footer(store: &FileStore, prefix: &str, now: f64) {
     }
 }
 
+/// Where `watch-events --cursor` resumes: the log it belongs to, the offset just past the last
+/// line written out, that file's identity and the hash of that line (so a log moved to another
+/// device is recognised as the same log).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Cursor {
+    version: u32,
+    log: PathBuf,
+    offset: u64,
+    file_id: Option<(u64, u64)>,
+    last_hash: Option<String>,
+}
+
+const CURSOR_VERSION: u32 = 1;
+const CURSOR_MAX_BYTES: u64 = 64 * 1024;
+
+impl Cursor {
+    fn load(path: &Path, log: &Path) -> Result<Option<FollowFrom>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading the cursor {}", path.display()));
+            }
+        };
+        let bad = |why: String| {
+            anyhow::anyhow!(
+                "{} is not a watch-events cursor ({why}); remove it to start again from the last \
+                 --limit events (lines shipped since may then be shipped twice)",
+                path.display()
+            )
+        };
+        if bytes.len() as u64 > CURSOR_MAX_BYTES {
+            return Err(bad(format!("{} bytes", bytes.len())));
+        }
+        let c: Cursor = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        if c.version != CURSOR_VERSION {
+            return Err(bad(format!("version {}", c.version)));
+        }
+        if c.log != log {
+            anyhow::bail!(
+                "the cursor {} follows {}, not this store's log {}: give each store its own cursor",
+                path.display(),
+                c.log.display(),
+                log.display()
+            );
+        }
+        Ok(Some(FollowFrom {
+            offset: c.offset,
+            file_id: c.file_id,
+            last_hash: c.last_hash,
+        }))
+    }
+
+    fn save(path: &Path, c: &Cursor) -> Result<()> {
+        use std::io::Write;
+        let ctx = || format!("saving the cursor {}", path.display());
+        let mut f = atomic_write_file::AtomicWriteFile::options()
+            .open(path)
+            .with_context(ctx)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o600))
+                .with_context(ctx)?;
+        }
+        f.write_all(&serde_json::to_vec(c)?).with_context(ctx)?;
+        f.commit().with_context(ctx)
+    }
+}
+
+/// Where the NDJSON goes: standard output, or a file appended to and synced per batch.
+enum Sink {
+    Stdout { pretty: bool },
+    File { path: PathBuf, file: std::fs::File },
+}
+
+impl Sink {
+    fn open(output: Option<&Path>, pretty: bool) -> Result<Self> {
+        let Some(path) = output else {
+            return Ok(Sink::Stdout { pretty });
+        };
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc_nofollow())
+            .open(path)
+            .with_context(|| {
+                format!(
+                    "opening {} for appending (it must be a regular file, not a link)",
+                    path.display()
+                )
+            })?;
+        Ok(Sink::File {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Writes one batch; it is durable (or on its way to the reader) when this returns.
+    fn write(&mut self, events: &[AuditEvent]) -> Result<()> {
+        match self {
+            Sink::Stdout { pretty } => {
+                for e in events {
+                    emit(e, *pretty)?;
+                }
+                Ok(())
+            }
+            Sink::File { path, file } => {
+                use std::io::Write;
+                let mut buf = Vec::new();
+                for e in events {
+                    serde_json::to_writer(&mut buf, e)?;
+                    buf.push(b'\n');
+                }
+                file.write_all(&buf)
+                    .and_then(|()| file.sync_data())
+                    .with_context(|| format!("appending to {}", path.display()))
+            }
+        }
+    }
+}
+
+fn libc_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
 fn emit(e: &AuditEvent, pretty: bool) -> Result<()> {
     let v = Value::Object(e.clone());
     if pretty {
@@ -154,31 +285,71 @@ pub fn watch(a: WatchArgs, cfg: &Config) -> Result<bool> {
     }
     let store: FileStore = cfg.open_store()?;
     let log = store.log_path().to_path_buf();
-    // Replay, then follow from exactly where the replay read up to: nothing is lost between.
-    let page = store.events(&EventQuery {
-        limit: a.limit.clamp(1, xai_keys_core::audit::MAX_EVENT_LIMIT),
-        ..Default::default()
-    })?;
-    if a.limit > 0 {
-        for e in &page.events {
-            emit(e, a.pretty)?;
+    let mut sink = Sink::open(a.out.as_deref(), a.pretty)?;
+    let resume = match &a.cursor {
+        Some(c) => Cursor::load(c, &log)?,
+        None => None,
+    };
+    let mut last_hash = resume.as_ref().and_then(|r| r.last_hash.clone());
+    let mut follower = match resume {
+        // Resume right after the last line shipped: nothing is replayed, nothing skipped.
+        Some(from) => store.log_follower(Some(from))?,
+        None => {
+            // Replay, then follow from exactly where the replay read up to.
+            let page = store.events(&EventQuery {
+                limit: a.limit.clamp(1, xai_keys_core::audit::MAX_EVENT_LIMIT),
+                ..Default::default()
+            })?;
+            if a.limit > 0 {
+                sink.write(&page.events)?;
+            }
+            last_hash = page
+                .events
+                .last()
+                .filter(|e| is_chained(e))
+                .and_then(|e| str_field(e, "hash"))
+                .map(str::to_string);
+            LogFollower::new(&log, page.end_offset, page.file_id)
         }
-    }
+    };
+    let save = |follower: &LogFollower, last_hash: &Option<String>| -> Result<()> {
+        match &a.cursor {
+            Some(path) => Cursor::save(
+                path,
+                &Cursor {
+                    version: CURSOR_VERSION,
+                    log: log.clone(),
+                    offset: follower.offset(),
+                    file_id: follower.file_id(),
+                    last_hash: last_hash.clone(),
+                },
+            ),
+            None => Ok(()),
+        }
+    };
+    save(&follower, &last_hash)?;
     eprintln!("watching {} (Ctrl-C to stop)", log.display());
-    let mut follower = LogFollower::new(&log, page.end_offset, page.file_id);
     while !stop.load(Ordering::Relaxed) {
         let batch = follower.poll()?;
-        if let Some(why) = batch.reset {
+        if let Some(why) = &batch.reset {
             eprintln!("note: {why}");
+            last_hash = None;
         }
-        for off in batch.skipped {
+        for off in &batch.skipped {
             eprintln!(
                 "warning: skipped a line that is not valid JSON at byte {off} of {}",
                 log.display()
             );
         }
-        for e in &batch.events {
-            emit(e, a.pretty)?;
+        if !batch.events.is_empty() || batch.reset.is_some() || !batch.skipped.is_empty() {
+            sink.write(&batch.events)?;
+            for e in &batch.events {
+                last_hash = is_chained(e)
+                    .then(|| str_field(e, "hash").map(str::to_string))
+                    .flatten();
+            }
+            // Only once the lines are written out does the cursor move past them.
+            save(&follower, &last_hash)?;
         }
         let until = Instant::now() + interval;
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {

@@ -13,9 +13,13 @@ use xai_keys_core::store::KeyStore;
 use xai_keys_core::{PlainToken, now_epoch};
 
 use crate::CliError;
-use crate::args::{BootstrapArgs, ImportArgs, IssueArgs, KeyArg, ListArgs, RevokeArgs, RotateArgs};
+use crate::args::{
+    BootstrapArgs, ImportArgs, ImportEnvArgs, IssueArgs, KeyArg, ListArgs, RevokeArgs, RotateArgs,
+};
 use crate::config::{Config, parse_duration, ttl_given, ttl_request};
 use crate::output::{self, clean, fmt_ago, fmt_time};
+use xai_keys_core::envkeys::{self, EnvKey};
+use xai_keys_core::record::KeyState;
 
 fn issued_json(k: &IssuedKey) -> Value {
     let r = &k.info.record;
@@ -126,16 +130,43 @@ pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
         output::warnings(&[format!("last-use statistics not shown: {e}")]);
         Default::default()
     });
+    // Keys from this process's environment (XAI_API_KEYS …) that the store does not manage:
+    // active, never expiring, listed by hash with `source: env`.
+    let env_keys: Vec<EnvKey> = unmanaged_env_keys(&store, now)?
+        .into_iter()
+        .filter(|k| a.scope.is_none_or(|s| s == k.scope))
+        .filter(|_| filter.expiring_within.is_none())
+        .filter(|_| filter.state.is_none_or(|s| s == KeyState::Active))
+        .collect();
+    if let Some(w) = envkeys::warning(&env_keys) {
+        output::warnings(&[w]);
+    }
     if cfg.json {
-        let m: serde_json::Map<String, Value> = keys
+        let mut m: serde_json::Map<String, Value> = keys
             .iter()
             .map(|k| {
                 let u = usage.get(k.key_id.as_str());
                 (k.key_id.to_string(), listing_json_with_usage(k, u, now))
             })
             .collect();
+        for k in &env_keys {
+            let j = envkeys::listing_json(k.scope, k.var, &k.label(), usage.get(k.key_id.as_str()));
+            m.insert(k.key_id.to_string(), j);
+        }
         return output::json(&Value::Object(m)).map(|()| true);
     }
+    let env_rows = env_keys.iter().map(|k| {
+        vec![
+            k.key_id.fingerprint().to_string(),
+            k.scope.to_string(),
+            "active".to_string(),
+            "-".to_string(),
+            "never".to_string(),
+            fmt_ago(usage.get(k.key_id.as_str()).map(|u| u.last_used), now),
+            String::new(),
+            format!("{} (environment)", k.label()),
+        ]
+    });
     let rows: Vec<Vec<String>> = keys
         .iter()
         .map(|k| {
@@ -153,6 +184,7 @@ pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
                 r.label.clone(),
             ]
         })
+        .chain(env_rows)
         .collect();
     output::table(
         &[
@@ -168,6 +200,118 @@ pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
         &rows,
     )?;
     eprintln!("{} key(s) in {}", keys.len(), cfg.store_path.display());
+    if !env_keys.is_empty() {
+        eprintln!("{} key(s) from the environment", env_keys.len());
+    }
+    Ok(true)
+}
+
+/// The keys of this process's environment that the store does not manage (absent from it and
+/// from its audit log).
+fn unmanaged_env_keys(store: &dyn KeyStore, now: f64) -> Result<Vec<EnvKey>> {
+    let env = envkeys::from_lookup(&|k| std::env::var(k).ok())?;
+    if env.is_empty() {
+        return Ok(env);
+    }
+    let present = store.load(now)?.keys;
+    let mut out = Vec::new();
+    for k in env {
+        if !present.contains_key(&k.key_id) && !envkeys::has_history(store, &k.key_id)? {
+            out.push(k);
+        }
+    }
+    Ok(out)
+}
+
+/// One key of `import-env`'s report: the key, the result, and label and expiry when imported.
+type ImportRow = (EnvKey, &'static str, Option<(String, Option<f64>)>);
+
+/// `import-env`: moves the environment's keys into the store (one audited commit).
+pub fn import_env(a: ImportEnvArgs, cfg: &Config) -> Result<bool> {
+    let now = now_epoch();
+    let env = envkeys::from_lookup(&|k| std::env::var(k).ok())?;
+    if env.is_empty() {
+        return Err(CliError {
+            code: "no_env_keys",
+            message: "no key in XAI_API_KEYS, XAI_API_ADMIN_KEYS or XAI_API_ADMIN_TOKEN: run import-env with the gateway's environment (for example `set -a; . /etc/xai-keys/gateway.env; set +a`)".into(),
+        }
+        .into());
+    }
+    let ttl = ttl_request(&a.ttl)?;
+    let store = cfg.open_store()?;
+    let plan: Vec<ImportRow> = if a.dry_run {
+        let present = store.load(now)?.keys;
+        let mut plan = Vec::new();
+        for k in env {
+            let r = if present.contains_key(&k.key_id) {
+                "already_in_store"
+            } else if envkeys::has_history(&store, &k.key_id)? {
+                "retired"
+            } else {
+                "would_import"
+            };
+            plan.push((k, r, None));
+        }
+        plan
+    } else {
+        manage(cfg, now, |mgr, actor, now| {
+            envkeys::import(mgr, &store, &env, ttl, actor, now)
+        })?
+        .into_iter()
+        .map(|(k, o)| match o {
+            envkeys::Imported::Added(r) => (k, "imported", Some((r.label, r.expires_at))),
+            envkeys::Imported::AlreadyInStore => (k, "already_in_store", None),
+            envkeys::Imported::Retired => (k, "retired", None),
+        })
+        .collect()
+    };
+    if cfg.json {
+        let items: Vec<Value> = plan
+            .iter()
+            .map(|(k, r, added)| {
+                let mut v = json!({
+                    "key_id": k.key_id.as_str(),
+                    "variable": k.var,
+                    "position": k.position,
+                    "scope": k.scope.as_str(),
+                    "result": r,
+                });
+                if let (Some((label, exp)), Some(m)) = (added, v.as_object_mut()) {
+                    m.insert("label".into(), label.clone().into());
+                    m.insert("expires_at".into(), (*exp).into());
+                }
+                v
+            })
+            .collect();
+        output::json(&json!({ "keys": items, "dry_run": a.dry_run }))?;
+    } else {
+        let rows: Vec<Vec<String>> = plan
+            .iter()
+            .map(|(k, r, added)| {
+                vec![
+                    k.key_id.fingerprint().to_string(),
+                    format!("{}#{}", k.var, k.position),
+                    k.scope.to_string(),
+                    (*r).to_string(),
+                    added
+                        .as_ref()
+                        .map_or(String::new(), |(_, exp)| fmt_time(*exp)),
+                ]
+            })
+            .collect();
+        output::table(&["KEY_ID", "FROM", "SCOPE", "RESULT", "EXPIRES"], &rows)?;
+    }
+    let retired = plan.iter().filter(|(_, r, _)| *r == "retired").count();
+    if retired > 0 {
+        eprintln!(
+            "warning: {retired} key(s) in the environment were revoked earlier and are not imported (gateways refuse them): remove them from the environment"
+        );
+    }
+    if !a.dry_run {
+        eprintln!(
+            "next: remove these keys from the environment (XAI_API_KEYS, XAI_API_ADMIN_KEYS, XAI_API_ADMIN_TOKEN) and restart the gateways; from now on the store decides (expiry, revocation, audit)"
+        );
+    }
     Ok(true)
 }
 
@@ -250,7 +394,39 @@ pub fn revoke(a: RevokeArgs, cfg: &Config) -> Result<bool> {
     // (`invalid_reason`), and refuses a key used within `--if-idle` (`recently_used`).
     let k = manage(cfg, now, |mgr, actor, now| {
         mgr.revoke_guarded(&a.key_id, a.reason.as_deref(), if_idle, None, actor, now)
-    })?;
+    });
+    let k = match k {
+        Err(e)
+            if matches!(
+                e.downcast_ref::<xai_keys_core::Error>(),
+                Some(xai_keys_core::Error::NotFound(_))
+            ) =>
+        {
+            // Not in the store: say so plainly if it is one of the environment's keys.
+            let env = envkeys::from_lookup(&|k| std::env::var(k).ok()).unwrap_or_default();
+            match env.iter().find(|k| {
+                a.key_id.len() >= 12
+                    && k.key_id
+                        .as_str()
+                        .starts_with(&a.key_id.to_ascii_lowercase())
+            }) {
+                Some(k) => {
+                    return Err(CliError {
+                        code: "env_key",
+                        message: format!(
+                            "key {} comes from {} (entry {}) in the environment, not from the store: it cannot be revoked. Remove it from the environment of every gateway and restart them (or `xai-keys import-env` first, then revoke it here)",
+                            k.key_id.fingerprint(),
+                            k.var,
+                            k.position
+                        ),
+                    }
+                    .into());
+                }
+                None => return Err(e),
+            }
+        }
+        other => other?,
+    };
     print_info(cfg, "revoked", &k, now)?;
     Ok(true)
 }

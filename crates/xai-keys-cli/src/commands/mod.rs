@@ -10,6 +10,8 @@ mod backup;
 mod dead_letters;
 mod events;
 mod keys;
+mod lockdown;
+mod man;
 mod peer;
 mod serve;
 mod verify;
@@ -22,12 +24,15 @@ pub fn run(cmd: Command, cfg: &Config) -> Result<bool> {
         Command::Issue(a) => keys::issue(a, cfg),
         Command::Import(a) => keys::import(a, cfg),
         Command::Revoke(a) => keys::revoke(a, cfg),
+        Command::ImportEnv(a) => keys::import_env(a, cfg),
         Command::Disable(a) => keys::set_disabled(a, true, cfg),
         Command::Enable(a) => keys::set_disabled(a, false, cfg),
         Command::Rotate(a) => keys::rotate(a, cfg),
         Command::BootstrapAdmin(a) => keys::bootstrap(a, cfg),
         Command::Events(a) => events::events(a, cfg),
         Command::WatchEvents(a) => events::watch(a, cfg),
+        Command::Man(a) => man::man(a),
+        Command::Lockdown(c) => lockdown::lockdown(c, cfg),
         Command::Verify(a) => verify::verify(a, cfg),
         Command::Backup(a) => backup::backup(a, cfg),
         Command::Restore(a) => backup::restore(a, cfg),

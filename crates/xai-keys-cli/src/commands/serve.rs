@@ -194,6 +194,20 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
     if let Some(f) = peers.keyring_file() {
         tracing::info!(file = %f.display(), "peer key ring read from a file: re-read when it changes and on SIGHUP");
     }
+    match &gw_state.cfg.admin_networks {
+        xai_keys_server::access::AdminNetworksSource::Anywhere => {}
+        xai_keys_server::access::AdminNetworksSource::List(l) => tracing::info!(
+            networks = l.len(),
+            "/admin/* limited to XAI_ADMIN_ALLOWED_NETWORKS (a list: changes need a restart; give a file path to change it with SIGHUP)"
+        ),
+        xai_keys_server::access::AdminNetworksSource::File(f) => tracing::info!(
+            file = %f.display(),
+            "/admin/* limited to the networks in this file: re-read when it changes and on SIGHUP"
+        ),
+    }
+    if gw_state.access.lockdown_active() {
+        tracing::warn!("starting under an emergency lockdown (`xai-keys lockdown status`)");
+    }
     rt.block_on(async move {
         // SIGHUP re-reads the peer keyring file (a Vault agent's rotation), without a restart.
         tokio::spawn(async move {
@@ -203,6 +217,13 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
                 return;
             };
             while hup.recv().await.is_some() {
+                let a = gw_state.access.clone();
+                match tokio::task::spawn_blocking(move || a.reload_networks()).await {
+                    Ok(Ok(true)) => tracing::info!("SIGHUP: admin network allow-list file re-read"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::error!(problem = %e, "SIGHUP: the admin network allow-list file cannot be used; the previous list stays in force"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+                }
                 let p = peers.clone();
                 match tokio::task::spawn_blocking(move || p.reload()).await {
                     Ok(Ok(true)) => {}

@@ -3,7 +3,8 @@
 use anyhow::Result;
 use xai_keys_core::audit::Actor;
 use xai_keys_core::now_epoch;
-use xai_keys_core::store::{KeyStore, VerifyOptions};
+use xai_keys_core::store::{Check, KeyStore, VerifyOptions};
+use xai_keys_core::volume;
 
 use crate::args::VerifyArgs;
 use crate::config::Config;
@@ -11,13 +12,42 @@ use crate::output;
 
 pub fn verify(a: VerifyArgs, cfg: &Config) -> Result<bool> {
     let store = cfg.open_store()?;
-    let rep = store.verify(
+    let mut rep = store.verify(
         &Actor::current_cli_user(),
         now_epoch(),
         VerifyOptions { adopt: a.adopt },
     )?;
+    // Runbook §1: the store MUST reside on an encrypted volume.
+    let vol = volume::inspect(&cfg.store_path);
+    let (status, detail) = match &vol {
+        Ok(v) if v.encryption.is_encrypted() => ("ok", v.summary()),
+        Ok(v) => (
+            if a.require_encrypted { "fail" } else { "warn" },
+            format!(
+                "{}; the runbook requires an encrypted volume: move the store onto LUKS/dm-crypt \
+                 (or a Vault Agent tmpfs) and set XAI_API_KEY_STORE",
+                v.summary()
+            ),
+        ),
+        Err(e) => (
+            if a.require_encrypted { "fail" } else { "warn" },
+            format!("cannot tell what storage holds the store: {e}"),
+        ),
+    };
+    rep.checks.push(Check {
+        name: "encrypted_volume".to_string(),
+        status,
+        detail,
+    });
+    if status == "fail" {
+        rep.ok = false;
+    }
     if cfg.json {
-        output::json(&serde_json::to_value(&rep)?)?;
+        let mut v = serde_json::to_value(&rep)?;
+        if let (Some(obj), Ok(report)) = (v.as_object_mut(), &vol) {
+            obj.insert("volume".to_string(), serde_json::to_value(report)?);
+        }
+        output::json(&v)?;
     } else {
         output::line(format!("store: {}", rep.store))?;
         output::line(format!("log:   {}", rep.log))?;

@@ -1416,7 +1416,10 @@ fn verify_passes_on_a_fresh_store_and_names_an_edited_or_deleted_log_line() {
     assert_eq!(rep["log_lines"], 3);
     assert!(failed_details(&rep).is_empty());
     for c in rep["checks"].as_array().unwrap() {
-        assert_eq!(c["status"], "ok", "{c}");
+        // The volume check depends on the machine's disks (`hardening.rs` tests it).
+        if c["name"] != "encrypted_volume" {
+            assert_eq!(c["status"], "ok", "{c}");
+        }
     }
 
     let log = env.log();

@@ -370,26 +370,36 @@ impl RoutePolicy {
     }
 
     /// What `method` on the normalised `path` requires.
+    ///
+    /// Nothing under `/admin` is public, user or peer, whatever the file says: `parse` refuses
+    /// such a rule written for `/admin`, and here a broader rule (`/*`, `/{any}/…`) that would
+    /// open an `/admin` path is passed over, and a default that would is raised to admin (as
+    /// the built-in `/admin/*` rule has it).
     pub fn classify(&self, method: &Method, path: &str) -> Route {
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let under_admin = segs.first() == Some(&"admin");
+        let too_open =
+            |a: Access| under_admin && matches!(a, Access::Public | Access::User | Access::Peer);
         for r in &self.rules {
-            if r.matches(method, &segs) {
+            if !too_open(r.access) && r.matches(method, &segs) {
                 return Route {
                     access: r.access,
                     template: r.template.clone(),
                 };
             }
         }
-        if is_read_method(method) {
-            Route {
-                access: self.default_read,
-                template: self.read_name.clone(),
-            }
+        let (access, template) = if is_read_method(method) {
+            (self.default_read, &self.read_name)
         } else {
-            Route {
-                access: self.default_write,
-                template: self.write_name.clone(),
-            }
+            (self.default_write, &self.write_name)
+        };
+        Route {
+            access: if too_open(access) {
+                Access::Admin
+            } else {
+                access
+            },
+            template: template.clone(),
         }
     }
 
@@ -586,6 +596,41 @@ mod tests {
             "/admin/x"
         );
         assert_eq!(normalize_path("/beta/admin/x").unwrap(), "/beta/admin/x");
+    }
+
+    /// Found by the `route_policy` fuzz target (fuzz/corpus/route_policy/
+    /// admin-opened-by-default-or-broad-rule.txt): a policy file whose default or broad rule
+    /// (`/*`, `/{any}/…`) is public, user or peer made the node's `/admin` routes just as open,
+    /// although `parse` refuses such a rule written for `/admin` itself.
+    #[test]
+    fn fuzz_regression_admin_paths_are_never_opened_by_defaults_or_broad_rules() {
+        let p = RoutePolicy::parse(
+            "default_read = \"public\"\ndefault_write = \"user\"\n\
+             [[route]]\npath = \"/{section}/status\"\naccess = \"public\"\n\
+             [[route]]\npath = \"/admin/reports\"\nmethods = [\"GET\"]\naccess = \"auditor\"\n\
+             [[route]]\npath = \"/*\"\nmethods = [\"POST\"]\naccess = \"peer\"\n",
+            "t",
+        )
+        .unwrap();
+        for (m, path, want) in [
+            (Method::GET, "/admin/withdrawals/status", Access::Admin),
+            (Method::GET, "/admin/status", Access::Admin),
+            (Method::GET, "/admin", Access::Admin),
+            (Method::POST, "/admin/emergency/pause", Access::Admin),
+            (Method::DELETE, "/admin/x", Access::Admin),
+            (Method::GET, "/admin/reports", Access::Auditor),
+            // Outside /admin the file is followed as written.
+            (Method::GET, "/mining/status", Access::Public),
+            (Method::GET, "/blocks", Access::Public),
+            (Method::POST, "/sync", Access::Peer),
+            (Method::PUT, "/x", Access::User),
+        ] {
+            assert_eq!(p.classify(&m, path).access, want, "{m} {path}");
+        }
+        assert_eq!(
+            p.classify(&Method::GET, "/admin/x").template.as_ref(),
+            "default:read"
+        );
     }
 
     #[test]

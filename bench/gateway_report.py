@@ -98,7 +98,7 @@ def section(d):
 
     w(BEGIN)
     w("")
-    w("# Gateway benchmark results (issue 3)")
+    w("## Gateway (issue 3)")
     w("")
     dirty = meta.get("dirty_files", 0)
     w(f"Latest run: **{meta.get('date', '?')}**, `bench/run-gateway` at commit `{meta.get('git', '?')}`"
@@ -111,7 +111,7 @@ def section(d):
       "the build. Other sessions build and test on this machine: the \"machine busy\" column "
       "below shows all CPU in use during each run, ours and theirs.")
     w("")
-    w("## Targets")
+    w("### Targets")
     w("")
     w("| target (issue 3) | measured (this run) | |")
     w("|---|---|---|")
@@ -153,7 +153,7 @@ def section(d):
       "figure.")
     w("")
 
-    w("## a. Throughput and latency (wrk, loopback)")
+    w("### a. Throughput and latency (wrk, loopback)")
     w("")
     w(f"`wrk -t{meta.get('threads')} -c<conns> -d{meta.get('secs')}s --timeout 5s --latency`, "
       "GET `/wallet/balance` (a `user` route in the built-in policy). Every target gets a 2 s "
@@ -223,7 +223,7 @@ def section(d):
           "rate-limited (the failed-authentication throttle was off: `XAI_RATE_LIMIT_ENABLED=0`).")
         w("")
 
-    w("## b. Revocation propagation, CLI → running gateway")
+    w("### b. Revocation propagation, CLI → running gateway")
     w("")
     if prop:
         w(f"{prop.get('trials')} trials, driver `examples/propagation.rs` (Rust, a raw HTTP/1.1 "
@@ -252,7 +252,7 @@ def section(d):
           f"Gateway polls sent: {num(prop.get('polls', 0))}.")
         w("")
 
-    w("## c. `POST /admin/api-keys`, concurrent admin clients")
+    w("### c. `POST /admin/api-keys`, concurrent admin clients")
     w("")
     if adm:
         sc = ", ".join(f"{k}: {v}" for k, v in sorted(adm.get("status_counts", {}).items()))
@@ -282,7 +282,7 @@ def section(d):
           + ".")
         w("")
 
-    w("## d. The per-request auth decision (criterion)")
+    w("### d. The per-request auth decision (criterion)")
     w("")
     w("`cargo bench -p xai-keys-server --bench auth` (`crates/xai-keys-server/benches/auth.rs`), "
       "run after the servers stopped:")
@@ -291,7 +291,7 @@ def section(d):
         w(auth_md)
         w("")
 
-    w("## The Python reference, for scale (quoted from issue 3, not measured here)")
+    w("### The Python reference, for scale (quoted from issue 3, not measured here)")
     w("")
     w("| | Python reference (quoted) | xai-keys gateway (this run) |")
     w("|---|---|---|")
@@ -309,7 +309,7 @@ def section(d):
     w("")
     w("The machines differ; compare the columns only roughly.")
     w("")
-    w("## How to reproduce")
+    w("### How to reproduce")
     w("")
     w("```\nbench/run-gateway            # build, measure, rewrite this section\n"
       "bench/run-gateway --no-results\n```")

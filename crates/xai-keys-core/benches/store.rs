@@ -18,7 +18,8 @@
 //! whenever it has grown by 1% (at least 20 keys), so a store "of N keys" always holds between
 //! N+2 and N+2+max(N/100, 20) keys. Dropping results (maps, snapshots) is not timed.
 //!
-//! Environment: `XAI_KEYS_BENCH_DIR` — where fixtures go (default: a temporary directory, removed
+//! Environment: `XAI_KEYS_BENCH_TIME_SCALE` — multiplies every warm-up and measurement time
+//! (default 1); `XAI_KEYS_BENCH_DIR` — where fixtures go (default: a temporary directory, removed
 //! at the end); `XAI_KEYS_BENCH_KEEP=1` keeps CLI fixtures there (`cli/`) for hyperfine.
 //! Without `--bench`, or with `--test` (criterion's test mode, e.g. `cargo test --benches`),
 //! sizes shrink so the run is a quick smoke test.
@@ -170,6 +171,20 @@ impl Cfg {
             flat: true,
         }
     }
+    /// Warm-up and measurement times multiplied by `XAI_KEYS_BENCH_TIME_SCALE` (default 1;
+    /// `bench/run` uses 0.25 for its quick smoke run).
+    fn scaled(self) -> Cfg {
+        let k = std::env::var("XAI_KEYS_BENCH_TIME_SCALE")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|k| k.is_finite() && *k > 0.0)
+            .unwrap_or(1.0);
+        Cfg {
+            warm_up: self.warm_up.mul_f64(k),
+            measure: self.measure.mul_f64(k),
+            ..self
+        }
+    }
     fn for_size(n: usize) -> Cfg {
         match n {
             0..=2_000 => Cfg::quick(),
@@ -193,7 +208,7 @@ fn bench_ops<T>(
     mut op: impl FnMut() -> T,
 ) {
     let cfg = if mode().bench {
-        cfg
+        cfg.scaled()
     } else {
         Cfg {
             samples: 10,

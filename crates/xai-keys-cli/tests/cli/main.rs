@@ -14,5 +14,6 @@ mod peer;
 mod runbook;
 mod serve;
 mod smoke;
+mod soak;
 mod telemetry;
 mod usage;

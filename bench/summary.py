@@ -164,6 +164,18 @@ if mem:
 else:
     missing.append("memory")
 
+# Lockdown (run-lockdown)
+ld = load("lockdown/summary.json")
+if ld:
+    for k, what in (("lockdown_on", "lockdown on → /admin/* fenced on a running gateway, p50 (p99)"),
+                    ("lockdown_off", "lockdown off → /admin/* served again, p50 (p99)")):
+        row(what, f"**{ld[k]['p50_ms']} ms** ({ld[k]['p99_ms']} ms)",
+            f"{ld['revoke']['p50_ms']} ms ({ld['revoke']['p99_ms']} ms)",
+            ratio(ld[k]["p50_ms"], ld["revoke"]["p50_ms"]),
+            "revoke → that key refused, same gateway")
+else:
+    missing.append("lockdown")
+
 meta = load("run/meta.json") or {}
 end = load("run/end.json") or {}
 stages = []

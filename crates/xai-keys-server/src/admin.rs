@@ -525,7 +525,11 @@ pub async fn list_keys(State(st): State<AppState>) -> Result<Response, ApiError>
         // "manual" keys (counted there), and listed with `source: env`.
         let idx = st2.index.load_full();
         let (mut manual_user, mut manual_admin) = (0, 0);
-        for e in idx.env_entries() {
+        let env_entries = (!st2.cfg.env_keys.is_empty())
+            .then(|| idx.env_entries())
+            .into_iter()
+            .flatten();
+        for e in env_entries {
             if e.scope == xai_keys_core::scope::Scope::Admin {
                 manual_admin += 1;
             } else {
@@ -643,8 +647,10 @@ pub async fn revoke_key(
         if let Some(r) = &reason {
             raw_text(TextField::Reason, r)?;
         }
-        // A key from this gateway's environment is not the store's to revoke.
-        if let Some(e) = st
+        // A key from this gateway's environment is not the store's to revoke. (The index is
+        // scanned only when the environment holds keys at all.)
+        if !st.cfg.env_keys.is_empty()
+            && let Some(e) = st
             .index
             .load()
             .env_entries()

@@ -222,8 +222,13 @@ pub fn bounded(v: &Value) -> Value {
 
 /// The event id of an audit line: from its chain hash, else from its canonical JSON.
 pub fn audit_event_id(line: &AuditEvent) -> String {
-    if let Some(h) = str_field(line, "hash").filter(|h| h.len() >= 32) {
-        return format!("audit-{}", &h[..32]);
+    // Only a hash as xai-keys writes them (hex) is used as is: a line written by another tool
+    // may hold anything there, and slicing it could cut a character in two.
+    if let Some(h) = str_field(line, "hash")
+        .and_then(|h| h.get(..32))
+        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return format!("audit-{h}");
     }
     let mut s = String::new();
     canonical_json(&Value::Object(line.clone()), &mut s);
@@ -300,6 +305,23 @@ mod tests {
 
     fn line(v: Value) -> AuditEvent {
         v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn fuzz_regression_an_odd_hash_never_panics_the_event_id() {
+        // Found by the audit_line fuzz target in CI: a multi-byte character across byte 32.
+        let odd = format!("{}é{}", "a".repeat(31), "b".repeat(40));
+        let id = audit_event_id(&line(json!({"action": "issue", "hash": odd})));
+        assert!(id.starts_with("audit-") && id.len() == 38, "{id}");
+        // Not hex: the canonical-JSON digest is used instead of the field.
+        let id = audit_event_id(&line(json!({"hash": "z".repeat(64)})));
+        assert_ne!(id, format!("audit-{}", "z".repeat(32)));
+        // A real hash is used as is.
+        let h = "0123456789abcdef".repeat(4);
+        assert_eq!(
+            audit_event_id(&line(json!({"hash": h}))),
+            format!("audit-{}", &h[..32])
+        );
     }
 
     #[test]

@@ -138,32 +138,37 @@ impl Env {
     /// `xai-keys --store … -o json serve --listen 127.0.0.1:0 ARGS` with a clean environment
     /// plus `vars`, not started.
     pub fn serve_cmd(&self, args: &[&str], vars: &[(&str, &str)]) -> std::process::Command {
-        let mut c = std::process::Command::new(BIN);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("XAI_") {
-                c.env_remove(k);
-            }
-        }
-        c.arg("--store")
-            .arg(&self.store)
-            .args(["-o", "json", "serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            // The tests poll admin routes and retry revoked keys: the admin and failed-auth
-            // limits (20 per minute) are not what they are about. `vars` may turn them back on.
-            .env("XAI_RATE_LIMIT_ENABLED", "0");
-        for (k, v) in vars {
-            c.env(k, v);
-        }
-        c.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        c
+        serve_cmd_on(&self.store, args, vars)
     }
 
     /// Starts a gateway on this store and waits (bounded) until it listens.
     pub fn serve(&self, args: &[&str], vars: &[(&str, &str)]) -> Gateway {
         Gateway::start(self.serve_cmd(args, vars))
     }
+}
+
+/// [`Env::serve_cmd`] for any store path.
+pub fn serve_cmd_on(store: &Path, args: &[&str], vars: &[(&str, &str)]) -> std::process::Command {
+    let mut c = std::process::Command::new(BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("XAI_") {
+            c.env_remove(k);
+        }
+    }
+    c.arg("--store")
+        .arg(store)
+        .args(["-o", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        // The tests poll admin routes and retry revoked keys: the admin and failed-auth
+        // limits (20 per minute) are not what they are about. `vars` may turn them back on.
+        .env("XAI_RATE_LIMIT_ENABLED", "0");
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
 }
 
 impl Gateway {
@@ -220,6 +225,16 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL, without waiting.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    /// Waits for the process to end.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().unwrap()
     }
 
     /// Everything written to stderr so far.

@@ -1089,15 +1089,7 @@ fn sigkill_at_random_moments_keeps_every_guarantee() {
         .iter()
         .map(|p| by_phase.get(p).copied().unwrap_or(0))
         .sum();
-    let inside = [
-        Phase::PendingWritten,
-        Phase::Appending,
-        Phase::Committed,
-        Phase::Published,
-    ]
-    .iter()
-    .map(|p| by_phase.get(p).copied().unwrap_or(0))
-    .sum::<usize>();
+    let inside = kills_inside_the_write_protocol(&by_phase);
     eprintln!(
         "  {before} kills before the commit point, {} after; {inside} inside the write protocol",
         serial_kills - before
@@ -1115,4 +1107,17 @@ fn sigkill_at_random_moments_keeps_every_guarantee() {
         serial_kills >= SERIAL_MIN_KILLS && concurrent_kills >= CONCURRENT_MIN_KILLS,
         "too few kills landed while the process ran (seed {seed:#x}): {serial_kills} serial (need {SERIAL_MIN_KILLS}), {concurrent_kills} concurrent (need {CONCURRENT_MIN_KILLS})"
     );
+}
+
+/// Kills that landed after the first write and before the process would have finished.
+pub(super) fn kills_inside_the_write_protocol(by_phase: &BTreeMap<Phase, usize>) -> usize {
+    [
+        Phase::PendingWritten,
+        Phase::Appending,
+        Phase::Committed,
+        Phase::Published,
+    ]
+    .iter()
+    .map(|p| by_phase.get(p).copied().unwrap_or(0))
+    .sum()
 }

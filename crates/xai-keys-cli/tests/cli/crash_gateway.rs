@@ -27,13 +27,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Child;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::common::{BIN, json_lines};
+use crate::common::{Gateway, serve_cmd_on};
 use crate::crash::{self, Harness, Kill, Op, Phase, Rng, Run, field, lines_of, sibling};
 
 /// Gateway kills that must land while an admin call is in flight.
@@ -54,85 +54,20 @@ const REFUSED: u16 = 403;
 /// How long a running gateway may take to see a change another process made (the issue's
 /// propagation bound).
 const PROPAGATION: Duration = Duration::from_secs(1);
-const GATEWAY_START: Duration = Duration::from_secs(10);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running `xai-keys serve`, killed on drop.
-struct Gw {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
+/// A running `xai-keys serve` (the suite's gateway process, killed on drop), probed on
+/// [`PROBE`].
+struct Gw(Gateway);
 
 impl Gw {
-    fn start(store: &Path, ctx: &str) -> Gw {
-        let mut c = Command::new(BIN);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("XAI_") {
-                c.env_remove(k);
-            }
-        }
-        c.arg("--store")
-            .arg(store)
-            .args([
-                "-o",
-                "json",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-auto-bootstrap",
-            ])
-            // Probes retry revoked keys: the failed-auth limit is not what this is about.
-            .env("XAI_RATE_LIMIT_ENABLED", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let mut err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let deadline = Instant::now() + GATEWAY_START;
-        loop {
-            let text = stderr.lock().unwrap().clone();
-            if let Some(addr) = json_lines(&text)
-                .into_iter()
-                .find(|v| v["message"] == "listening")
-                .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()))
-            {
-                return Gw {
-                    child,
-                    addr,
-                    stderr,
-                };
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "{ctx}: serve exited with {status} before listening; stderr:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{ctx}: serve did not listen within {GATEWAY_START:?}; stderr:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+    fn start(store: &Path) -> Gw {
+        // No first admin key is generated: the test issues its own with the CLI.
+        Gw(Gateway::start(serve_cmd_on(
+            store,
+            &["--no-auto-bootstrap"],
+            &[],
+        )))
     }
 
     /// Probes until `ok(status)` or `limit` passed (at least once); the last status.
@@ -148,22 +83,15 @@ impl Gw {
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.0.stderr()
     }
 
     /// A probe of [`PROBE`] with `key`: the status.
     fn probe(&self, key: &str, ctx: &str) -> u16 {
-        match request(self.addr, "GET", PROBE, &[("X-API-Key", key)], None, None) {
+        match request(self.0.addr, "GET", PROBE, &[("X-API-Key", key)], None, None) {
             Ok((status, _)) => status,
             Err(e) => panic!("{ctx}: probe failed: {e}; stderr:\n{}", self.stderr()),
         }
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -279,9 +207,9 @@ impl GwHarness {
         self.gw.as_ref().unwrap()
     }
 
-    fn start_gateway(&mut self, ctx: &str) {
+    fn start_gateway(&mut self) {
         let t = Instant::now();
-        self.gw = Some(Gw::start(&self.h.store, ctx));
+        self.gw = Some(Gw::start(&self.h.store));
         self.restart_time += t.elapsed();
     }
 
@@ -357,7 +285,7 @@ impl GwHarness {
         request_after: Duration,
         what: &str,
     ) -> Outcome {
-        let addr = self.gw().addr;
+        let addr = self.gw().0.addr;
         let store = self.h.store.clone();
         let pending = sibling(&store, ".pending");
         let admin = self.admin.clone();
@@ -430,7 +358,7 @@ impl GwHarness {
                     // A call that ends before its kill leaves an idle gateway to kill.
                     if fire || (!matches!(kill, Kill::Never) && client.is_finished()) {
                         killed_at = Some(Instant::now());
-                        let _ = self.gw.as_mut().unwrap().child.kill();
+                        self.gw.as_mut().unwrap().0.kill();
                     }
                 }
                 let gw_done = killed_at.is_some() || client.is_finished();
@@ -444,7 +372,7 @@ impl GwHarness {
         let ctx = self.ctx(what);
         let sent = *sent.lock().unwrap();
         if killed_at.is_some() {
-            let st = self.gw.take().unwrap().child.wait().unwrap();
+            let st = self.gw.take().unwrap().0.wait();
             // `Drop` reaps it again harmlessly; the status shows whether it was running.
             assert!(
                 st.signal() == Some(9),
@@ -594,7 +522,7 @@ impl GwHarness {
             must_accept.insert(self.h.rng.pick(&acked).clone());
         }
         let wait = if self.gw.is_none() {
-            self.start_gateway(ctx);
+            self.start_gateway();
             Duration::ZERO
         } else {
             PROPAGATION
@@ -831,7 +759,7 @@ fn sigkill_of_the_gateway_during_admin_calls_keeps_every_guarantee() {
         exact_probes: 0,
         restart_time: Duration::ZERO,
     };
-    g.start_gateway("first start");
+    g.start_gateway();
     let restarts_before = g.restart_time;
     // Calibration: every kind of call twice, uninterrupted (a disable before each enable).
     let rolls = [0, 80, 95, 40, 60, 70];
@@ -879,15 +807,7 @@ fn sigkill_of_the_gateway_during_admin_calls_keeps_every_guarantee() {
         g.h.keys.len(),
         g.h.revoked.len()
     );
-    let inside = [
-        Phase::PendingWritten,
-        Phase::Appending,
-        Phase::Committed,
-        Phase::Published,
-    ]
-    .iter()
-    .map(|p| by_phase.get(p).copied().unwrap_or(0))
-    .sum::<usize>();
+    let inside = crash::kills_inside_the_write_protocol(&by_phase);
     assert!(
         inside > 0,
         "no gateway kill landed inside the write protocol (seed {seed:#x}): {by_phase:?}"

@@ -548,6 +548,32 @@ impl Harness {
     }
 }
 
+/// Every kind of admin change (issue, revoke, rotate, disable, enable, open a change window)
+/// answers 503 `store_unavailable` while the store cannot be trusted; the responses, for more
+/// checks.
+pub async fn admin_writes_refused(h: &Harness) -> Vec<Resp> {
+    let a = &h.keys.admin;
+    let u = &h.keys.user.id;
+    let mut out = Vec::new();
+    for r in [
+        post("/admin/api-keys")
+            .admin(a)
+            .json(&serde_json::json!({"label": "x"})),
+        delete(&format!("/admin/api-keys/{u}")).admin(a),
+        post(&format!("/admin/api-keys/{u}/rotate")).admin(a),
+        post(&format!("/admin/api-keys/{u}/disable")).admin(a),
+        post(&format!("/admin/api-keys/{u}/enable")).admin(a),
+        post("/admin/change-window")
+            .admin(a)
+            .json(&serde_json::json!({"ticket": "CHG-1", "duration": "1h"})),
+    ] {
+        let resp = h.send(r).await;
+        resp.err(503, "store_unavailable");
+        out.push(resp);
+    }
+    out
+}
+
 /// The value of one series in the gateway's scrape: `series` is the name with its labels as
 /// rendered (`xai_lockdown_active`, `xai_api_env_keys{scope="user"}`); panics when absent.
 pub async fn scrape_value(h: &Harness, series: &str) -> f64 {

@@ -206,25 +206,6 @@ fn revocations_of(log: &Path, k: &Key) -> usize {
         .count()
 }
 
-/// Every admin change is refused while the store cannot be trusted.
-async fn writes_refused(h: &Harness) {
-    let a = &h.keys.admin;
-    let u = &h.keys.user.id;
-    for r in [
-        post("/admin/api-keys")
-            .admin(a)
-            .json(&json!({"label": "x"})),
-        delete(&format!("/admin/api-keys/{u}")).admin(a),
-        post(&format!("/admin/api-keys/{u}/rotate")).admin(a),
-        post(&format!("/admin/api-keys/{u}/disable")).admin(a),
-        post("/admin/change-window")
-            .admin(a)
-            .json(&json!({"ticket": "CHG-1", "duration": "1h"})),
-    ] {
-        h.send(r).await.err(503, "store_unavailable");
-    }
-}
-
 /// An admin issue works (the store is trusted again); the key it hands out works too.
 async fn writes_work(h: &Harness) {
     let k = h.issue_http(json!({"label": "after"})).await;
@@ -365,7 +346,7 @@ async fn a_store_replaced_by_another_valid_store_is_trusted_for_removals_only() 
         .await
         .denied(401, "unknown_key");
     h.send(post("/send").key(&h.keys.user)).await.upstream_ok();
-    writes_refused(h).await;
+    admin_writes_refused(h).await;
     let e = cli_refused(&h.path);
     assert!(e.contains("xai-keys verify"), "{e}");
 
@@ -441,7 +422,7 @@ async fn a_truncated_store_keeps_the_last_good_index_serving() {
         h.send(post("/send").key(&l.revoked))
             .await
             .denied(401, "unknown_key");
-        writes_refused(h).await;
+        admin_writes_refused(h).await;
         h.send(get("/admin/api-keys").admin(&h.keys.admin))
             .await
             .err(503, "store_unavailable");
@@ -493,7 +474,7 @@ async fn an_unreadable_store_keeps_the_last_good_index_serving() {
             "{v}"
         );
         h.send(post("/send").key(&h.keys.user)).await.upstream_ok();
-        writes_refused(h).await;
+        admin_writes_refused(h).await;
         wait_event(&l.events, "store_unreadable", 0).await;
     }
     h.send(post("/send").key(&l.revoked))
@@ -522,7 +503,7 @@ async fn an_unreadable_store_keeps_the_last_good_index_serving() {
     h.send(post("/send").key(&l.revoked))
         .await
         .denied(401, "unknown_key");
-    writes_refused(h).await;
+    admin_writes_refused(h).await;
     cli_refused(&h.path);
 
     std::fs::remove_dir(&h.path).unwrap();
@@ -590,7 +571,7 @@ async fn widened_permissions_are_reported_when_readable_and_refused_when_writabl
         h.send(post("/send").key(&l.revoked))
             .await
             .denied(401, "unknown_key");
-        writes_refused(h).await;
+        admin_writes_refused(h).await;
         cli_refused(&h.path);
         chmod(&path, fixed);
         wait_store(h, "ok", |_| true).await;
@@ -628,7 +609,7 @@ async fn a_rotated_or_truncated_audit_log_is_reported_and_revocations_hold() {
     h.send(post("/send").key(&l.revoked))
         .await
         .denied(401, "unknown_key");
-    writes_refused(h).await;
+    admin_writes_refused(h).await;
     let e = cli_refused(&h.path);
     assert!(e.contains("verify"), "{e}");
     // The audited way out after an intended rotation: `verify --adopt`.
@@ -685,7 +666,7 @@ async fn a_rotated_or_truncated_audit_log_is_reported_and_revocations_hold() {
             .await
             .denied(401, "unknown_key");
         h.send(post("/send").key(&h.keys.user)).await.upstream_ok();
-        writes_refused(h).await;
+        admin_writes_refused(h).await;
         // The log's content back: trusted again.
         std::fs::write(&log, &full).unwrap();
         wait_store(h, "ok", |_| true).await;

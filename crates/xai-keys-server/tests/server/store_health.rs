@@ -61,22 +61,12 @@ async fn an_unreadable_store_keeps_the_last_good_index_and_refuses_changes() {
         .await
         .denied(401, "unknown_key");
     // Every change is refused while the store cannot be read.
-    let a = &h.keys.admin;
-    let u = &h.keys.user.id;
-    for r in [
-        post("/admin/api-keys")
-            .admin(a)
-            .json(&json!({"label": "x"})),
-        delete(&format!("/admin/api-keys/{u}")).admin(a),
-        post(&format!("/admin/api-keys/{u}/rotate")).admin(a),
-        post(&format!("/admin/api-keys/{u}/disable")).admin(a),
-        post(&format!("/admin/api-keys/{u}/enable")).admin(a),
-    ] {
-        let resp = h.send(r).await;
+    for resp in admin_writes_refused(&h).await {
         let msg = resp.err(503, "store_unavailable");
         assert!(msg.contains("unreadable"), "{msg}");
         assert!(resp.header("retry-after").is_some());
     }
+    let a = &h.keys.admin;
     // Reads that need the store say so.
     h.send(get("/admin/api-keys").admin(a))
         .await

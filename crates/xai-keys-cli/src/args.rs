@@ -62,6 +62,9 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup without truncating the live log or reviving revoked keys.
     Restore(RestoreArgs),
+    /// Copy a file store and its audit log into an etcd store (chain verified on both sides;
+    /// safe to re-run).
+    Migrate(MigrateArgs),
     /// Run the authenticating gateway in front of a node's HTTP API.
     Serve(ServeArgs),
     /// Open, close or show the change window in which key changes are planned.
@@ -457,6 +460,17 @@ pub struct VerifyArgs {
     /// is not, or cannot be shown to be, encrypted is a warning.
     #[arg(long)]
     pub require_encrypted: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The file store to copy (its audit log is `<FILE>.log`).
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// The etcd store to copy into: etcd://host:port[,host:port…]/prefix (etcds:// for TLS).
+    /// An empty prefix, or one holding an interrupted or finished migration of the same store.
+    #[arg(long, value_name = "URL")]
+    pub to: String,
 }
 
 #[derive(Debug, Args)]

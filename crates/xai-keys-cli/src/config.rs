@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use xai_keys_core::Error as CoreError;
 use xai_keys_core::policy::{TtlPolicy, TtlRequest};
-use xai_keys_core::store::{FileStore, FileStoreOptions};
+use xai_keys_core::store::{FileStore, FileStoreOptions, KeyStore};
+use xai_keys_etcd::{EtcdOptions, EtcdStore, EtcdUrl};
 
 use crate::args::{Cli, OutputFormat, TtlArgs};
 
@@ -20,7 +21,13 @@ pub const LOCK_TIMEOUT_VAR: &str = "XAI_API_KEY_LOCK_TIMEOUT_SECS";
 
 /// Everything a command needs besides its own arguments.
 pub struct Config {
+    /// The store file; for an etcd store, the base name of this machine's own files (the
+    /// webhook queue, peer-key usage, cursors): `<XAI_STATE_DIR>/etcd_<prefix>`.
     pub store_path: PathBuf,
+    /// The store as named in messages: the file's path or the etcd URL.
+    pub store_label: String,
+    /// Set when the store is on etcd (`--store etcd://…`).
+    pub etcd: Option<EtcdUrl>,
     pub policy: TtlPolicy,
     pub json: bool,
     /// From [`LOCK_TIMEOUT_VAR`]; `None` keeps the store's default.
@@ -30,7 +37,14 @@ pub struct Config {
     /// `XAI_REQUIRE_CHANGE_WINDOW`: lifecycle actions outside an open window are reported as
     /// CRITICAL by the gateway's telemetry; the CLI says so when it makes one.
     pub require_change_window: bool,
+    /// How to reach the etcd cluster (TLS, user, timeouts), when the store is there.
+    pub etcd_opts: Option<EtcdOptions>,
 }
+
+/// Where an etcd store's gateway keeps its own files (webhook queue, peer-key usage).
+pub const STATE_DIR_VAR: &str = "XAI_STATE_DIR";
+/// [`STATE_DIR_VAR`]'s default, the file store's default directory.
+pub const DEFAULT_STATE_DIR: &str = "secure_keys";
 
 /// Whether lifecycle actions must happen inside a change window (reported, never blocked).
 pub const REQUIRE_WINDOW_VAR: &str = "XAI_REQUIRE_CHANGE_WINDOW";
@@ -45,8 +59,30 @@ impl Config {
         });
         let defaulted = configured.is_none();
         let store_path = configured.unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+        let etcd = match store_path.to_str() {
+            Some(s) if xai_keys_etcd::is_etcd_url(s) => Some(EtcdUrl::parse(s)?),
+            _ => None,
+        };
+        let store_path = match &etcd {
+            // This machine's own files live in a local directory named after the prefix.
+            Some(u) => PathBuf::from(
+                env(STATE_DIR_VAR)
+                    .filter(|s| !s.trim().is_empty())
+                    .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            )
+            .join(format!("etcd{}", u.prefix.replace('/', "_"))),
+            None => store_path,
+        };
         let store_path = std::path::absolute(&store_path)
             .with_context(|| format!("cannot resolve store path {}", store_path.display()))?;
+        let store_label = match &etcd {
+            Some(u) => u.to_string(),
+            None => store_path.display().to_string(),
+        };
+        let etcd_opts = etcd
+            .as_ref()
+            .map(|u| EtcdOptions::from_env(u.clone(), env))
+            .transpose()?;
         let policy = TtlPolicy::from_lookup(env)?;
         let lock_timeout = env(LOCK_TIMEOUT_VAR)
             .map(|v| parse_lock_timeout(&v))
@@ -62,6 +98,9 @@ impl Config {
         };
         Ok(Config {
             store_path,
+            store_label,
+            etcd,
+            etcd_opts,
             policy,
             json,
             lock_timeout,
@@ -73,11 +112,45 @@ impl Config {
     /// For people (table output): names the store a command used, on stderr.
     pub fn announce_store(&self) {
         if !self.json {
-            eprintln!("store: {}", self.store_path.display());
+            eprintln!("store: {}", self.store_label);
         }
     }
 
-    pub fn open_store(&self) -> Result<FileStore> {
+    /// The audit log as named in messages and cursors.
+    pub fn log_label(&self) -> PathBuf {
+        match &self.etcd {
+            Some(u) => PathBuf::from(format!("{u}/log/")),
+            None => {
+                let mut p = self.store_path.clone().into_os_string();
+                p.push(".log");
+                PathBuf::from(p)
+            }
+        }
+    }
+
+    /// Opens the configured store: the file, or the etcd cluster (checking that it answers).
+    pub fn open_store(&self) -> Result<Box<dyn KeyStore>> {
+        self.open_store_with(false)
+    }
+
+    /// [`Config::open_store`]; with `watch`, an etcd store keeps a watched copy in memory
+    /// (for the gateway).
+    pub fn open_store_with(&self, watch: bool) -> Result<Box<dyn KeyStore>> {
+        if let Some(opts) = &self.etcd_opts {
+            let opts = EtcdOptions {
+                watch,
+                default_ttl_secs: self.policy.default_ttl_secs,
+                ..opts.clone()
+            };
+            let store = EtcdStore::open(opts)
+                .with_context(|| format!("cannot open the etcd store {}", self.store_label))?;
+            return Ok(Box::new(store));
+        }
+        Ok(Box::new(self.open_file_store()?))
+    }
+
+    /// The file store (for `migrate --from`, and commands that only make sense on a file).
+    pub fn open_file_store(&self) -> Result<FileStore> {
         if self.store_defaulted {
             // The reference silently used whatever store the current directory held.
             eprintln!(

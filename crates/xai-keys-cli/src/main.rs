@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     let env = |k: &str| std::env::var(k).ok();
     let mut store = None;
     let result = Config::resolve(&cli, &env).and_then(|cfg| {
-        store = Some(cfg.store_path.clone());
+        store = Some(cfg.store_label.clone());
         commands::run(cli.command, &cfg)
     });
     match result {
@@ -43,13 +43,13 @@ fn main() -> ExitCode {
             if json_errors {
                 let mut v = serde_json::json!({ "error": code, "message": format!("{e:#}") });
                 if let (Some(p), Some(o)) = (&store, v.as_object_mut()) {
-                    o.insert("store".into(), p.display().to_string().into());
+                    o.insert("store".into(), p.clone().into());
                 }
                 eprintln!("{v}");
             } else {
                 eprintln!("error: {e:#}");
                 if let (true, Some(p)) = (about_keys, &store) {
-                    eprintln!("note: store {}", p.display());
+                    eprintln!("note: store {p}");
                 }
             }
             ExitCode::from(1)

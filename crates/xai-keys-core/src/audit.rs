@@ -751,8 +751,34 @@ pub fn resume_identity(path: &Path, from: &FollowFrom) -> Option<(u64, u64)> {
 ///
 /// Start it from [`EventPage::end_offset`] and [`EventPage::file_id`] of a tail read and no line
 /// appended between the read and the first poll is lost.
+///
+/// A backend whose log is not a file (a distributed store) plugs in its own [`FollowSource`]
+/// with [`LogFollower::from_source`].
 #[derive(Debug)]
 pub struct LogFollower {
+    inner: Follow,
+}
+
+/// What a [`LogFollower`] reads.
+#[derive(Debug)]
+enum Follow {
+    /// An audit log file, from a byte offset, with the identity of the file last read.
+    File(FileFollower),
+    /// Another backend's log.
+    Source(Box<dyn FollowSource>),
+}
+
+/// A source of committed audit lines other than a file (a distributed backend's log).
+pub trait FollowSource: Send + fmt::Debug {
+    /// Complete commits appended since the last poll (same contract as [`LogFollower::poll`]).
+    fn poll(&mut self) -> Result<FollowBatch>;
+    /// Position up to which lines have been returned (for a [`FollowFrom::offset`]).
+    fn offset(&self) -> u64;
+}
+
+/// Follows an audit log file from a byte offset.
+#[derive(Debug)]
+struct FileFollower {
     path: std::path::PathBuf,
     offset: u64,
     file_id: Option<(u64, u64)>,
@@ -769,26 +795,56 @@ pub struct FollowBatch {
 }
 
 impl LogFollower {
+    /// Follows the audit log file at `path` from byte `offset`; `file_id` is the identity
+    /// (device, inode) of the file that offset belongs to (`None`: whatever file is there).
     pub fn new(path: &Path, offset: u64, file_id: Option<(u64, u64)>) -> Self {
         LogFollower {
-            path: path.to_path_buf(),
-            offset,
-            file_id,
+            inner: Follow::File(FileFollower {
+                path: path.to_path_buf(),
+                offset,
+                file_id,
+            }),
         }
     }
 
-    /// The byte offset up to which lines have been returned.
+    /// Follows another backend's log through `src`.
+    pub fn from_source(src: Box<dyn FollowSource>) -> Self {
+        LogFollower {
+            inner: Follow::Source(src),
+        }
+    }
+
+    /// The position up to which lines have been returned (a byte offset for a file).
     pub fn offset(&self) -> u64 {
-        self.offset
+        match &self.inner {
+            Follow::File(f) => f.offset,
+            Follow::Source(s) => s.offset(),
+        }
     }
 
-    /// The identity (device, inode) of the file last read, to persist with [`Self::offset`].
+    /// The identity (device, inode) of the file last read, to persist with [`Self::offset`];
+    /// always `None` for a [`FollowSource`].
     pub fn file_id(&self) -> Option<(u64, u64)> {
-        self.file_id
+        match &self.inner {
+            Follow::File(f) => f.file_id,
+            Follow::Source(_) => None,
+        }
     }
 
-    /// Returns complete lines appended since the last poll.
+    /// Returns complete lines appended since the last poll. Lines of a commit are returned
+    /// together, once its last line is there; a batch is bounded (a follower far behind
+    /// catches up over several polls).
     pub fn poll(&mut self) -> Result<FollowBatch> {
+        match &mut self.inner {
+            Follow::File(f) => f.poll(),
+            Follow::Source(s) => s.poll(),
+        }
+    }
+}
+
+impl FileFollower {
+    /// Returns complete lines appended since the last poll.
+    fn poll(&mut self) -> Result<FollowBatch> {
         use std::os::unix::fs::MetadataExt;
         let mut batch = FollowBatch::default();
         let mut f = match File::open(&self.path) {
@@ -1188,6 +1244,58 @@ mod tests {
         let b = f.poll().unwrap();
         assert!(b.reset.is_some());
         assert_eq!(b.events.len(), 2);
+    }
+
+    /// An in-memory log: each poll returns the lines appended since the last one.
+    #[derive(Debug, Default)]
+    struct MemSource {
+        lines: std::sync::Arc<std::sync::Mutex<Vec<AuditEvent>>>,
+        next: usize,
+    }
+
+    impl FollowSource for MemSource {
+        fn poll(&mut self) -> Result<FollowBatch> {
+            let lines = self.lines.lock().unwrap();
+            let events = lines[self.next..].to_vec();
+            self.next = lines.len();
+            Ok(FollowBatch {
+                events,
+                ..Default::default()
+            })
+        }
+
+        fn offset(&self) -> u64 {
+            self.next as u64
+        }
+    }
+
+    #[test]
+    fn follower_delegates_to_a_pluggable_source() {
+        fn assert_send<T: Send + fmt::Debug>(_: &T) {}
+        let src = MemSource::default();
+        let lines = src.lines.clone();
+        let event = |n: u64| {
+            let mut e = AuditEvent::new();
+            e.insert("n".into(), n.into());
+            e
+        };
+        let mut f = LogFollower::from_source(Box::new(src));
+        assert_send(&f);
+        assert!(format!("{f:?}").contains("MemSource"));
+        assert_eq!(f.offset(), 0);
+        assert_eq!(f.file_id(), None);
+        assert!(f.poll().unwrap().events.is_empty());
+        lines.lock().unwrap().extend([event(1), event(2)]);
+        let b = f.poll().unwrap();
+        assert_eq!(b.events.len(), 2);
+        assert_eq!(b.events[1]["n"], 2);
+        assert!(b.reset.is_none());
+        assert_eq!(f.offset(), 2);
+        assert!(f.poll().unwrap().events.is_empty());
+        lines.lock().unwrap().push(event(3));
+        assert_eq!(f.poll().unwrap().events[0]["n"], 3);
+        assert_eq!(f.offset(), 3);
+        assert_eq!(f.file_id(), None);
     }
 
     /// Lines longer than the limit come back empty, at their own offsets, wherever they are;

@@ -190,6 +190,21 @@ pub enum Error {
         path = path.display()
     )]
     CorruptLockdown { path: PathBuf, problem: String },
+
+    /// A networked store (etcd) could not be reached or answered with an error. Nothing was
+    /// changed unless the message says the outcome is unknown.
+    #[error("key store {store} is unavailable: {problem}")]
+    Unavailable { store: String, problem: String },
+
+    /// A compare-and-swap commit lost to other writers too many times in a row.
+    #[error(
+        "key store {store} is busy: {attempts} attempts lost to concurrent changes; nothing was changed, try again"
+    )]
+    Busy { store: String, attempts: u32 },
+
+    /// `migrate` refused to copy (or found the copy wrong); the message says what to do.
+    #[error("migration into {store} refused: {problem}")]
+    Migration { store: String, problem: String },
 }
 
 impl Error {
@@ -210,7 +225,9 @@ impl Error {
             | Error::KeyState { .. }
             | Error::RecentlyUsed { .. }
             | Error::Retired(_)
-            | Error::WindowOpen { .. } => ErrorClass::Conflict,
+            | Error::WindowOpen { .. }
+            | Error::Busy { .. }
+            | Error::Migration { .. } => ErrorClass::Conflict,
             Error::CorruptStore { .. }
             | Error::CorruptUsage { .. }
             | Error::CorruptWindow { .. }
@@ -220,7 +237,7 @@ impl Error {
             | Error::InsecurePermissions { .. }
             | Error::LockTimeout { .. }
             | Error::Backup { .. } => ErrorClass::Integrity,
-            Error::Io { .. } | Error::Random(_) => ErrorClass::Io,
+            Error::Io { .. } | Error::Random(_) | Error::Unavailable { .. } => ErrorClass::Io,
         }
     }
 
@@ -253,6 +270,9 @@ impl Error {
             Error::WindowOpen { .. } => "window_open",
             Error::CorruptWindow { .. } => "corrupt_window",
             Error::CorruptLockdown { .. } => "corrupt_lockdown",
+            Error::Unavailable { .. } => "store_unavailable",
+            Error::Busy { .. } => "store_busy",
+            Error::Migration { .. } => "migration_refused",
         }
     }
 

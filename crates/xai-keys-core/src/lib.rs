@@ -5,7 +5,7 @@
 //! parameter (`now`, epoch seconds as `f64`, the reference's unit); only front ends read clocks.
 
 pub mod audit;
-mod backup;
+pub mod backup;
 pub mod envkeys;
 pub mod error;
 pub mod events;

@@ -3,7 +3,6 @@
 use anyhow::Result;
 use xai_keys_core::audit::Actor;
 use xai_keys_core::now_epoch;
-use xai_keys_core::store::KeyStore;
 
 use crate::args::{BackupArgs, RestoreArgs};
 use crate::config::Config;
@@ -11,18 +10,26 @@ use crate::output;
 
 pub fn backup(a: BackupArgs, cfg: &Config) -> Result<bool> {
     let store = cfg.open_store()?;
-    if !cfg.store_path.exists() && !store.log_path().exists() {
+    let now = now_epoch();
+    let has_history = !store
+        .events(&xai_keys_core::audit::EventQuery {
+            limit: 1,
+            ..Default::default()
+        })?
+        .events
+        .is_empty();
+    if !store.load(now)?.exists && !has_history {
         // A wrong --store (or XAI_API_KEY_STORE) must not yield a "successful" empty backup.
         return Err(crate::CliError {
             code: "no_store",
             message: format!(
                 "store {} does not exist: nothing to back up. Check --store or XAI_API_KEY_STORE",
-                cfg.store_path.display()
+                cfg.store_label
             ),
         }
         .into());
     }
-    let m = store.backup(&a.out, now_epoch())?;
+    let m = store.backup(&a.out, now)?;
     if cfg.json {
         let mut v = serde_json::to_value(&m)?;
         if let Some(o) = v.as_object_mut() {

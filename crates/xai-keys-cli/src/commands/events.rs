@@ -11,7 +11,7 @@ use xai_keys_core::audit::{
     AuditEvent, EventQuery, FollowFrom, LogFollower, is_chained, str_field,
 };
 use xai_keys_core::now_epoch;
-use xai_keys_core::store::{FileStore, KeyStore};
+use xai_keys_core::store::KeyStore;
 
 use crate::args::{EventsArgs, WatchArgs};
 use crate::config::{Config, parse_interval};
@@ -63,8 +63,10 @@ pub fn events(a: EventsArgs, cfg: &Config) -> Result<bool> {
             .transpose()?,
     };
     let page = store.events(&q)?;
-    let log = store.log_path();
-    if !log.exists() {
+    let log = cfg.log_label();
+    if page.end_offset == 0
+        || (cfg.etcd.is_some() && page.end_offset <= 1 && page.events.is_empty())
+    {
         eprintln!(
             "note: audit log {} does not exist yet (no events)",
             log.display()
@@ -91,7 +93,7 @@ pub fn events(a: EventsArgs, cfg: &Config) -> Result<bool> {
     )?;
     eprintln!("{} event(s) from {}", rows.len(), log.display());
     if let Some(k) = key_id.filter(|k| !k.is_empty()) {
-        last_use_footer(&store, &k, now);
+        last_use_footer(&*store, &k, now);
     }
     Ok(true)
 }
@@ -101,7 +103,7 @@ const MAX_FOOTER_KEYS: usize = 5;
 
 /// For `events --key-id K` in table mode: the last recorded use of the key(s) K names, from
 /// the usage statistics, on stderr like the other footer. Nothing when none is recorded.
-fn last_use_footer(store: &FileStore, prefix: &str, now: f64) {
+fn last_use_footer(store: &dyn KeyStore, prefix: &str, now: f64) {
     let usage = match store.usage() {
         Ok(u) => u,
         Err(e) => {
@@ -283,8 +285,8 @@ pub fn watch(a: WatchArgs, cfg: &Config) -> Result<bool> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let store: FileStore = cfg.open_store()?;
-    let log = store.log_path().to_path_buf();
+    let store = cfg.open_store()?;
+    let log = cfg.log_label();
     let mut sink = Sink::open(a.out.as_deref(), a.pretty)?;
     let resume = match &a.cursor {
         Some(c) => Cursor::load(c, &log)?,
@@ -309,7 +311,11 @@ pub fn watch(a: WatchArgs, cfg: &Config) -> Result<bool> {
                 .filter(|e| is_chained(e))
                 .and_then(|e| str_field(e, "hash"))
                 .map(str::to_string);
-            LogFollower::new(&log, page.end_offset, page.file_id)
+            store.log_follower(Some(FollowFrom {
+                offset: page.end_offset,
+                file_id: page.file_id,
+                last_hash: last_hash.clone(),
+            }))?
         }
     };
     let save = |follower: &LogFollower, last_hash: &Option<String>| -> Result<()> {
@@ -337,7 +343,7 @@ pub fn watch(a: WatchArgs, cfg: &Config) -> Result<bool> {
         }
         for off in &batch.skipped {
             eprintln!(
-                "warning: skipped a line that is not valid JSON at byte {off} of {}",
+                "warning: skipped a line that is not valid JSON at position {off} of {}",
                 log.display()
             );
         }

@@ -95,12 +95,12 @@ fn manage<T>(
     op: impl FnOnce(&KeyManager<'_>, &Actor, f64) -> xai_keys_core::Result<T>,
 ) -> Result<T> {
     let store = cfg.open_store()?;
-    let mgr = KeyManager::new(&store, cfg.policy);
+    let mgr = KeyManager::new(&*store, cfg.policy);
     let res = op(&mgr, &Actor::current_cli_user(), now);
     output::warnings(&mgr.take_warnings());
     let res = res?;
     if cfg.require_change_window && mgr.lines_written() > 0 {
-        crate::commands::window::warn_if_outside(&store, now);
+        crate::commands::window::warn_if_outside(&*store, now);
     }
     Ok(res)
 }
@@ -117,12 +117,12 @@ pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
             .map(|s| parse_duration("--expiring-within", s).map(|d| d.as_secs_f64()))
             .transpose()?,
     };
-    let (keys, warnings, exists) = KeyManager::new(&store, cfg.policy).list(&filter, now)?;
+    let (keys, warnings, exists) = KeyManager::new(&*store, cfg.policy).list(&filter, now)?;
     output::warnings(&warnings);
     if !exists {
         eprintln!(
             "note: store {} does not exist yet (no keys)",
-            cfg.store_path.display()
+            cfg.store_label
         );
     }
     // Last-use statistics are a courtesy: the listing works without them.
@@ -132,7 +132,7 @@ pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
     });
     // Keys from this process's environment (XAI_API_KEYS …) that the store does not manage:
     // active, never expiring, listed by hash with `source: env`.
-    let env_keys: Vec<EnvKey> = unmanaged_env_keys(&store, now)?
+    let env_keys: Vec<EnvKey> = unmanaged_env_keys(&*store, now)?
         .into_iter()
         .filter(|k| a.scope.is_none_or(|s| s == k.scope))
         .filter(|_| filter.expiring_within.is_none())
@@ -199,7 +199,7 @@ pub fn list(a: ListArgs, cfg: &Config) -> Result<bool> {
         ],
         &rows,
     )?;
-    eprintln!("{} key(s) in {}", keys.len(), cfg.store_path.display());
+    eprintln!("{} key(s) in {}", keys.len(), cfg.store_label);
     if !env_keys.is_empty() {
         eprintln!("{} key(s) from the environment", env_keys.len());
     }
@@ -245,7 +245,7 @@ pub fn import_env(a: ImportEnvArgs, cfg: &Config) -> Result<bool> {
         for k in env {
             let r = if present.contains_key(&k.key_id) {
                 "already_in_store"
-            } else if envkeys::has_history(&store, &k.key_id)? {
+            } else if envkeys::has_history(&*store, &k.key_id)? {
                 "retired"
             } else {
                 "would_import"
@@ -255,7 +255,7 @@ pub fn import_env(a: ImportEnvArgs, cfg: &Config) -> Result<bool> {
         plan
     } else {
         manage(cfg, now, |mgr, actor, now| {
-            envkeys::import(mgr, &store, &env, ttl, actor, now)
+            envkeys::import(mgr, &*store, &env, ttl, actor, now)
         })?
         .into_iter()
         .map(|(k, o)| match o {

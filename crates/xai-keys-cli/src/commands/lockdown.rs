@@ -6,7 +6,6 @@ use serde_json::json;
 use xai_keys_core::audit::Actor;
 use xai_keys_core::lockdown::{self, EngageLockdown, Lockdown};
 use xai_keys_core::now_epoch;
-use xai_keys_core::store::KeyStore;
 
 use crate::args::LockdownCommand;
 use crate::config::Config;
@@ -19,7 +18,7 @@ pub fn lockdown(cmd: LockdownCommand, cfg: &Config) -> Result<bool> {
     match cmd {
         LockdownCommand::On(a) => {
             let l = lockdown::engage(
-                &store,
+                &*store,
                 &EngageLockdown {
                     reason: a.reason,
                     ticket: a.ticket,
@@ -41,7 +40,7 @@ pub fn lockdown(cmd: LockdownCommand, cfg: &Config) -> Result<bool> {
                 )?;
             }
         }
-        LockdownCommand::Off(a) => match lockdown::release(&store, &a.reason, &actor, now)? {
+        LockdownCommand::Off(a) => match lockdown::release(&*store, &a.reason, &actor, now)? {
             Some(l) => {
                 if cfg.json {
                     output::json_line(

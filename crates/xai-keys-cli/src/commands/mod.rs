@@ -12,6 +12,7 @@ mod events;
 mod keys;
 mod lockdown;
 mod man;
+mod migrate;
 mod peer;
 mod serve;
 mod verify;
@@ -36,6 +37,7 @@ pub fn run(cmd: Command, cfg: &Config) -> Result<bool> {
         Command::Verify(a) => verify::verify(a, cfg),
         Command::Backup(a) => backup::backup(a, cfg),
         Command::Restore(a) => backup::restore(a, cfg),
+        Command::Migrate(a) => migrate::migrate(a, cfg),
         Command::Serve(a) => serve::serve(a, cfg),
         Command::Window(w) => window::window(w, cfg),
         Command::DeadLetters(a) => dead_letters::dead_letters(a, cfg),

@@ -105,7 +105,7 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
         None => None,
     };
 
-    let store: Arc<dyn KeyStore> = Arc::new(cfg.open_store()?);
+    let store: Arc<dyn KeyStore> = Arc::from(cfg.open_store_with(true)?);
     let now = xai_keys_core::now_epoch();
     let secret = match std::env::var("XAI_BOOTSTRAP_ADMIN_KEY") {
         Ok(s) if !s.trim().is_empty() => {

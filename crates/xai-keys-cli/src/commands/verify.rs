@@ -3,7 +3,7 @@
 use anyhow::Result;
 use xai_keys_core::audit::Actor;
 use xai_keys_core::now_epoch;
-use xai_keys_core::store::{Check, KeyStore, VerifyOptions};
+use xai_keys_core::store::{Check, VerifyOptions};
 use xai_keys_core::volume;
 
 use crate::args::VerifyArgs;
@@ -17,9 +17,19 @@ pub fn verify(a: VerifyArgs, cfg: &Config) -> Result<bool> {
         now_epoch(),
         VerifyOptions { adopt: a.adopt },
     )?;
-    // Runbook §1: the store MUST reside on an encrypted volume.
+    // Runbook §1: the store MUST reside on an encrypted volume. On etcd, the volumes are the
+    // members': xai-keys can check only that the way there is encrypted.
     let vol = volume::inspect(&cfg.store_path);
-    let (status, detail) = match &vol {
+    let (status, detail) = match (&cfg.etcd, &vol) {
+        (Some(u), _) if u.tls => (
+            "ok",
+            "the store is in etcd over TLS (etcds://); the members' data directories must be on encrypted volumes (not visible from here: check each member)".to_string(),
+        ),
+        (Some(_), _) => (
+            if a.require_encrypted { "fail" } else { "warn" },
+            "the store is in etcd over plain etcd:// (keys' hashes and the audit log cross the network unencrypted): use etcds:// with XAI_ETCD_CA_FILE, and encrypted volumes on every member".to_string(),
+        ),
+        (None, vol) => match vol {
         Ok(v) if v.encryption.is_encrypted() => ("ok", v.summary()),
         Ok(v) => (
             if a.require_encrypted { "fail" } else { "warn" },
@@ -33,6 +43,7 @@ pub fn verify(a: VerifyArgs, cfg: &Config) -> Result<bool> {
             if a.require_encrypted { "fail" } else { "warn" },
             format!("cannot tell what storage holds the store: {e}"),
         ),
+        },
     };
     rep.checks.push(Check {
         name: "encrypted_volume".to_string(),
@@ -44,7 +55,7 @@ pub fn verify(a: VerifyArgs, cfg: &Config) -> Result<bool> {
     }
     if cfg.json {
         let mut v = serde_json::to_value(&rep)?;
-        if let (Some(obj), Ok(report)) = (v.as_object_mut(), &vol) {
+        if let (Some(obj), Ok(report), None) = (v.as_object_mut(), &vol, &cfg.etcd) {
             obj.insert("volume".to_string(), serde_json::to_value(report)?);
         }
         output::json(&v)?;

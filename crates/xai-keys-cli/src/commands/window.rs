@@ -18,7 +18,7 @@ pub fn window(cmd: WindowCommand, cfg: &Config) -> Result<bool> {
         WindowCommand::Open(a) => {
             let d = parse_duration("--for", &a.duration)?;
             let w = window::open(
-                &store,
+                &*store,
                 &OpenWindow {
                     ticket: a.ticket,
                     reason: a.reason,
@@ -29,7 +29,7 @@ pub fn window(cmd: WindowCommand, cfg: &Config) -> Result<bool> {
             )?;
             show(cfg, "opened", Some(&w), now)?;
         }
-        WindowCommand::Close(a) => match window::close(&store, &a.reason, &actor, now)? {
+        WindowCommand::Close(a) => match window::close(&*store, &a.reason, &actor, now)? {
             Some(w) => show(cfg, "closed", Some(&w), now)?,
             None => {
                 if cfg.json {

@@ -157,10 +157,33 @@ pub struct RestoreReport {
 /// audit lines describing what it did; an empty list means "nothing to do" and writes nothing.
 pub type Change<'a> = dyn FnMut(&mut KeyMap) -> Result<Vec<AuditDraft>> + 'a;
 
+/// How current a backend's view of the store is (see [`KeyStore::freshness`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Freshness {
+    /// Reads reflect the store (a local file is always read directly; a networked backend has
+    /// confirmed its view with the cluster recently).
+    Live,
+    /// The backend cannot confirm its view: reads return the last state it saw.
+    Stale {
+        /// Seconds since the view was last confirmed.
+        for_secs: f64,
+        /// Why (the last error).
+        problem: String,
+    },
+}
+
 /// A key store with its audit log.
 pub trait KeyStore: Send + Sync {
     /// Where the store lives, for messages (`/abs/path/api_keys.json`, `etcd://…`).
     fn location(&self) -> String;
+
+    /// Whether what [`KeyStore::load`] returns is confirmed current. A file store reads the
+    /// file every time and is always [`Freshness::Live`]; a networked backend serving from a
+    /// watched copy reports how long it has gone without confirming it, so that a gateway can
+    /// stop trusting an index it can no longer refresh.
+    fn freshness(&self) -> Freshness {
+        Freshness::Live
+    }
 
     /// Reads the current keys. Never creates anything.
     fn load(&self, now: f64) -> Result<Snapshot>;

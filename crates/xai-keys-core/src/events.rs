@@ -154,6 +154,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "peer_auth_failure",
     "store_unreadable",
     "store_degraded",
+    "store_stale",
+    "store_stale_refusing",
     "store_recovered",
     "audit_chain_broken",
     "webhook_delivery_failure",

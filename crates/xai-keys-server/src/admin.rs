@@ -430,6 +430,8 @@ pub async fn health(State(st): State<AppState>) -> Response {
             "reloads": h.reloads,
             "failed_reloads": h.failed_reloads,
             "warnings": h.warnings,
+            "stale_for_secs": h.stale_for_secs,
+            "max_staleness_secs": h.max_staleness_secs,
         },
         "upstream": st.upstream.as_ref().map(|u| u.url()),
         // A lockdown requires keys everywhere; the networks it allows are not shown here

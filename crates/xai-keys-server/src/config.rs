@@ -46,6 +46,15 @@ pub struct ServerConfig {
     pub store_poll: Duration,
     /// `XAI_USAGE_FLUSH_SECS` (5): how often last-use data is written beside the store.
     pub usage_flush: Duration,
+    /// `XAI_STORE_MAX_STALENESS` (30s): how long a networked store (etcd) may go unconfirmed
+    /// before every key is refused, rather than trusting an index that can no longer be
+    /// refreshed (a key revoked meanwhile on the rest of the fleet would still pass here).
+    pub max_staleness: Duration,
+    /// `XAI_STORE_FAIL_STATIC` (off): keep serving the last good index however stale.
+    pub fail_static: bool,
+    /// Where this gateway keeps its own files (`<base>.webhook-queue`, `<base>.peer-usage`)
+    /// when the store is not a local file (etcd); a file store keeps them beside itself.
+    pub state_base: Option<std::path::PathBuf>,
     /// Time allowed to send request headers (slow-client protection).
     pub header_read_timeout: Duration,
     /// `XAI_SHUTDOWN_GRACE_SECS` (30): time in-flight requests get on shutdown.
@@ -98,6 +107,9 @@ impl Default for ServerConfig {
             },
             store_poll: Duration::from_millis(50),
             usage_flush: Duration::from_secs(5),
+            max_staleness: DEFAULT_MAX_STALENESS,
+            fail_static: false,
+            state_base: None,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             access_log: true,
@@ -111,6 +123,24 @@ impl Default for ServerConfig {
             egress: crate::egress::EgressConfig::default(),
         }
     }
+}
+
+/// `XAI_STORE_MAX_STALENESS`'s default.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(30);
+
+/// `XAI_STORE_MAX_STALENESS`: a duration (`30s`, `2m`) or seconds, from 1 s to 1 day.
+fn parse_staleness(raw: &str) -> Result<Duration, ConfigError> {
+    let d = match raw.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+        Ok(_) => None,
+        Err(_) => humantime::parse_duration(raw).ok(),
+    };
+    d.filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(86_400))
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "XAI_STORE_MAX_STALENESS={raw:?}: expected a duration from 1s to 1d (e.g. 30s), or XAI_STORE_FAIL_STATIC=1 to never refuse"
+            ))
+        })
 }
 
 /// A variable's value, trimmed; unset and blank are both `None`. Every section of the
@@ -229,6 +259,12 @@ impl ServerConfig {
             },
             store_poll: Duration::from_millis(num(lookup, "XAI_STORE_POLL_MS", 50, 5, 10_000)?),
             usage_flush: secs("XAI_USAGE_FLUSH_SECS", 5.0, 0.05, 3600.0)?,
+            max_staleness: match var(lookup, "XAI_STORE_MAX_STALENESS") {
+                None => d.max_staleness,
+                Some(raw) => parse_staleness(&raw)?,
+            },
+            fail_static: flag(lookup, "XAI_STORE_FAIL_STATIC", d.fail_static)?,
+            state_base: None,
             header_read_timeout: d.header_read_timeout,
             shutdown_grace: secs("XAI_SHUTDOWN_GRACE_SECS", 30.0, 0.0, 3600.0)?,
             access_log: flag(lookup, "XAI_ACCESS_LOG", d.access_log)?,

@@ -132,6 +132,9 @@ pub struct Metrics {
     store_degraded: Gauge,
     store_unreadable: Gauge,
     store_warnings: Gauge,
+    store_stale: Gauge,
+    store_stale_refusing: Gauge,
+    store_staleness: Gauge<f64, AtomicU64>,
     index_keys: Gauge,
     store_last_reload: Gauge<f64, std::sync::atomic::AtomicU64>,
     store_reloads: Counter,
@@ -234,6 +237,21 @@ impl Metrics {
             &mut r,
             "xai_keys_store_unreadable",
             "1 when the store cannot be read (last good index served)",
+        );
+        let store_stale: Gauge = reg(
+            &mut r,
+            "xai_keys_store_stale",
+            "1 when a networked store (etcd) has not confirmed the index lately (last good index served)",
+        );
+        let store_stale_refusing: Gauge = reg(
+            &mut r,
+            "xai_keys_store_stale_refusing",
+            "1 when the store went unconfirmed past XAI_STORE_MAX_STALENESS and every key is refused",
+        );
+        let store_staleness: Gauge<f64, AtomicU64> = reg(
+            &mut r,
+            "xai_keys_store_staleness_seconds",
+            "Seconds since a networked store last confirmed the index (0 when confirmed, or a file store)",
         );
         let store_warnings: Gauge = reg(
             &mut r,
@@ -463,6 +481,9 @@ impl Metrics {
             store_degraded,
             store_unreadable,
             store_warnings,
+            store_stale,
+            store_stale_refusing,
+            store_staleness,
             index_keys,
             store_last_reload,
             store_reloads,
@@ -697,6 +718,10 @@ impl Metrics {
         self.store_ok.set(flag(h.status == "ok"));
         self.store_degraded.set(flag(h.status == "degraded"));
         self.store_unreadable.set(flag(h.status == "unreadable"));
+        self.store_stale.set(flag(h.status.starts_with("stale")));
+        self.store_stale_refusing
+            .set(flag(h.status == "stale_refusing"));
+        self.store_staleness.set(h.stale_for_secs.unwrap_or(0.0));
         self.store_warnings
             .set(i64::try_from(h.warnings.len()).unwrap_or(i64::MAX));
         self.index_keys

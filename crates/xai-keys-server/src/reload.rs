@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use xai_keys_core::store::{Integrity, KeyStore, StoreVersion};
+use xai_keys_core::store::{Freshness, Integrity, KeyStore, StoreVersion};
 
 use std::collections::HashSet;
 
@@ -32,7 +32,9 @@ use crate::relock;
 /// The store as the gateway last saw it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StoreHealth {
-    /// `ok`, `degraded` (serving restrictions only) or `unreadable` (serving the last good index).
+    /// `ok`, `degraded` (serving restrictions only), `unreadable` (serving the last good
+    /// index), `stale` (a networked store not confirmed lately: serving the last good index)
+    /// or `stale_refusing` (unconfirmed past `XAI_STORE_MAX_STALENESS`: every key refused).
     pub status: &'static str,
     /// Why it is not `ok`.
     pub problem: Option<String>,
@@ -47,6 +49,10 @@ pub struct StoreHealth {
     /// is still served and changed, as the CLI does with a warning: these are reported
     /// (`/health`, `xai_keys_store_warnings`), not refused.
     pub warnings: Vec<String>,
+    /// Seconds since a networked store last confirmed the index (`None`: confirmed, or a file).
+    pub stale_for_secs: Option<f64>,
+    /// The staleness rule: refuse keys after this many seconds unconfirmed (`None`: fail-static).
+    pub max_staleness_secs: Option<f64>,
 }
 
 impl StoreHealth {
@@ -185,6 +191,8 @@ struct ReloadState {
     good: Arc<KeyIndex>,
     /// Start number of the last completed reload.
     completed: u64,
+    /// Every key is refused: the store went unconfirmed past the staleness limit.
+    refusing: bool,
 }
 
 /// The current index, its health, and the reload machinery.
@@ -193,6 +201,9 @@ pub struct IndexHandle {
     health: Mutex<StoreHealth>,
     state: Mutex<ReloadState>,
     started: AtomicU64,
+    max_staleness: Option<Duration>,
+    /// The store's last freshness was stale (a reload meanwhile reports `stale`, not `ok`).
+    unconfirmed: AtomicBool,
 }
 
 impl IndexHandle {
@@ -237,6 +248,8 @@ impl IndexHandle {
             keys: idx.len(),
             integrity: integrity_name(&snap.integrity),
             warnings: snap.warnings.clone(),
+            stale_for_secs: None,
+            max_staleness_secs: Some(crate::config::DEFAULT_MAX_STALENESS.as_secs_f64()),
         };
         Ok(IndexHandle {
             current: ArcSwap::new(idx.clone()),
@@ -246,9 +259,20 @@ impl IndexHandle {
                 version,
                 good: idx,
                 completed: 0,
+                refusing: false,
             }),
             started: AtomicU64::new(0),
+            max_staleness: Some(crate::config::DEFAULT_MAX_STALENESS),
+            unconfirmed: AtomicBool::new(false),
         })
+    }
+
+    /// The staleness rule for a networked store: refuse every key once the store has gone
+    /// unconfirmed for longer than `max` (`None`: fail-static, never refuse).
+    pub fn with_staleness(mut self, max: Option<Duration>) -> Self {
+        self.max_staleness = max;
+        relock(&self.health).max_staleness_secs = max.map(|d| d.as_secs_f64());
+        self
     }
 
     /// The index to authenticate against (cheap; lock-free).
@@ -265,13 +289,74 @@ impl IndexHandle {
         relock(&self.health).clone()
     }
 
-    /// Reloads if the store's version changed since the last reload.
+    /// Reloads if the store's version changed since the last reload, and applies the
+    /// staleness rule of a networked store.
     pub fn poll(&self, store: &dyn KeyStore, now: f64) {
+        let fresh = store.freshness();
         let mut st = relock(&self.state);
-        match store.version() {
-            Ok(v) if st.version.as_ref() == Some(&v) => {}
-            Ok(v) => self.reload_locked(&mut st, store, Some(v), now),
-            Err(e) => self.fail(&e.to_string()),
+        let refuse = match &fresh {
+            Freshness::Live => false,
+            Freshness::Stale { for_secs, .. } => self
+                .max_staleness
+                .is_some_and(|max| *for_secs > max.as_secs_f64()),
+        };
+        if refuse {
+            if !st.refusing {
+                st.refusing = true;
+                // Nothing authenticates against an index that can no longer be refreshed.
+                self.current
+                    .store(Arc::new(KeyIndex::from_keys(&KeyMap::new())));
+                tracing::error!(
+                    store = %store.location(),
+                    "key store unconfirmed past XAI_STORE_MAX_STALENESS: refusing every key until it answers (XAI_STORE_FAIL_STATIC=1 would keep serving)"
+                );
+            }
+        } else {
+            let was_stale = relock(&self.health).status.starts_with("stale");
+            let live = matches!(fresh, Freshness::Live);
+            self.unconfirmed.store(!live, Ordering::SeqCst);
+            if st.refusing || (was_stale && live) {
+                // Back (or confirmed again): rebuild from the store, whatever its version.
+                st.refusing = false;
+                st.version = None;
+            }
+            match store.version() {
+                Ok(v) if st.version.as_ref() == Some(&v) => {}
+                Ok(v) => self.reload_locked(&mut st, store, Some(v), now),
+                Err(e) => self.fail(&e.to_string()),
+            }
+        }
+        let mut h = relock(&self.health);
+        match fresh {
+            Freshness::Live => h.stale_for_secs = None,
+            Freshness::Stale { for_secs, problem } => {
+                h.stale_for_secs = Some(for_secs);
+                let rule = match self.max_staleness {
+                    Some(max) => format!(
+                        "every key is refused after {}s unconfirmed (XAI_STORE_MAX_STALENESS)",
+                        max.as_secs_f64()
+                    ),
+                    None => "XAI_STORE_FAIL_STATIC is on: it is served however stale".into(),
+                };
+                if refuse {
+                    if h.status != "stale_refusing" {
+                        tracing::error!(store = %store.location(), stale_for = for_secs, "key store stale: every key refused");
+                    }
+                    h.status = "stale_refusing";
+                    h.keys = 0;
+                    h.problem = Some(format!(
+                        "the store has not been confirmed for {for_secs:.1}s ({problem}); {rule}; changes refused"
+                    ));
+                } else if h.status == "ok" || h.status.starts_with("stale") {
+                    if h.status != "stale" {
+                        tracing::warn!(store = %store.location(), %problem, "key store unconfirmed: serving the last good index");
+                    }
+                    h.status = "stale";
+                    h.problem = Some(format!(
+                        "the store has not been confirmed for {for_secs:.1}s ({problem}); serving the last good index; {rule}"
+                    ));
+                }
+            }
         }
     }
 
@@ -279,7 +364,7 @@ impl IndexHandle {
     pub fn refresh_after_commit(&self, store: &dyn KeyStore, now: f64) {
         let ticket = self.started.load(Ordering::SeqCst);
         let mut st = relock(&self.state);
-        if st.completed > ticket {
+        if st.completed > ticket || st.refusing {
             return;
         }
         let v = store.version().ok();
@@ -348,6 +433,10 @@ impl IndexHandle {
         let mut h = relock(&self.health);
         let was = h.status;
         match problem {
+            None if self.unconfirmed.load(Ordering::SeqCst) => {
+                // The staleness overlay in `poll` keeps its problem text.
+                h.status = "stale";
+            }
             None => {
                 h.status = "ok";
                 h.problem = None;

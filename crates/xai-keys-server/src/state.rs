@@ -62,8 +62,12 @@ impl AppState {
             self.metrics.usage_flush_failed();
             tracing::warn!(error = %e, "could not write last-use data; kept for the next flush");
         }
-        if let Some(p) = crate::peer::usage_path(&self.store.location())
-            && let Err(e) = self.peers.flush_usage(&p, self.now())
+        if let Some(p) = crate::peer::usage_path(&self.store.location()).or_else(|| {
+            self.cfg
+                .state_base
+                .as_ref()
+                .map(|b| suffixed(b, ".peer-usage"))
+        }) && let Err(e) = self.peers.flush_usage(&p, self.now())
         {
             tracing::warn!(error = %e, file = %p.display(), "could not write peer usage; kept for the next flush");
         }
@@ -104,11 +108,10 @@ impl Gateway {
         if let Some(w) = xai_keys_core::envkeys::warning(&cfg.env_keys) {
             tracing::warn!("{w}");
         }
-        let index = Arc::new(IndexHandle::initial_with_env(
-            store.as_ref(),
-            clock(),
-            cfg.env_keys.clone(),
-        )?);
+        let index = Arc::new(
+            IndexHandle::initial_with_env(store.as_ref(), clock(), cfg.env_keys.clone())?
+                .with_staleness((!cfg.fail_static).then_some(cfg.max_staleness)),
+        );
         let upstream = match &cfg.upstream_url {
             Some(u) => Some(
                 Upstream::new(u, cfg.upstream_timeout, cfg.max_proxy_body_bytes)
@@ -117,8 +120,17 @@ impl Gateway {
             None => None,
         };
         let metrics = Arc::new(Metrics::with_enabled(cfg.metrics_enabled));
+        let mut tcfg = cfg.telemetry.clone();
+        if tcfg.queue_path.is_none()
+            && crate::telemetry::default_queue_path(&store.location()).is_none()
+        {
+            tcfg.queue_path = cfg
+                .state_base
+                .as_ref()
+                .map(|b| suffixed(b, ".webhook-queue"));
+        }
         let telemetry = Telemetry::start(
-            cfg.telemetry.clone(),
+            tcfg,
             store.clone(),
             index.clone(),
             metrics.clone(),
@@ -126,7 +138,9 @@ impl Gateway {
         )
         .map_err(GatewayError::Telemetry)?;
         let peers = Arc::new(crate::peer::PeerAuth::new(&cfg.peer));
-        if let Some(p) = crate::peer::usage_path(&store.location()) {
+        if let Some(p) = crate::peer::usage_path(&store.location())
+            .or_else(|| cfg.state_base.as_ref().map(|b| suffixed(b, ".peer-usage")))
+        {
             peers.load_usage(&p);
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -253,4 +267,11 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// `base` with `suffix` appended to its last component (`/d/store` + `.x` = `/d/store.x`).
+fn suffixed(base: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut s = base.as_os_str().to_owned();
+    s.push(suffix);
+    std::path::PathBuf::from(s)
 }

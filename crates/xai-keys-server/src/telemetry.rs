@@ -724,6 +724,8 @@ impl Pipeline {
         let (t, sev) = match h.status {
             "unreadable" => ("store_unreadable", Severity::Critical),
             "degraded" => ("store_degraded", Severity::Critical),
+            "stale" => ("store_stale", Severity::Warning),
+            "stale_refusing" => ("store_stale_refusing", Severity::Critical),
             _ => ("store_recovered", Severity::Info),
         };
         let ev = self.gateway_event(
@@ -736,6 +738,7 @@ impl Pipeline {
                 "previous_status": self.last_health,
                 "problem": h.problem,
                 "integrity": h.integrity,
+                "stale_for_secs": h.stale_for_secs,
             }),
         );
         self.pending.push(ev);

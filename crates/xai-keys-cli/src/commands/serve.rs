@@ -48,7 +48,10 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
             _ => std::env::var(k).ok(),
         }
     };
-    let scfg = ServerConfig::from_lookup(&env)?;
+    let mut scfg = ServerConfig::from_lookup(&env)?;
+    if cfg.etcd.is_some() {
+        scfg.state_base = Some(cfg.store_path.clone());
+    }
     let listen = a
         .listen
         .clone()
@@ -105,6 +108,22 @@ pub fn serve(a: ServeArgs, cfg: &Config) -> Result<bool> {
         None => None,
     };
 
+    if cfg.etcd.is_some()
+        && let Some(dir) = cfg.store_path.parent()
+    {
+        // This gateway's own files (webhook queue, peer-key usage) for a store on etcd.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| {
+                format!(
+                    "cannot create the gateway's state directory {} (set XAI_STATE_DIR)",
+                    dir.display()
+                )
+            })?;
+    }
     let store: Arc<dyn KeyStore> = Arc::from(cfg.open_store_with(true)?);
     let now = xai_keys_core::now_epoch();
     let secret = match std::env::var("XAI_BOOTSTRAP_ADMIN_KEY") {

@@ -140,8 +140,9 @@ fn seed_records(to: &EtcdStore, keys: &KeyMap, now: f64) -> Result<()> {
             ))
         }
     };
+    let kept: std::collections::BTreeSet<&str> = keys.keys().map(|k| k.as_str()).collect();
     for id in st.raw.records.keys() {
-        if !keys.keys().any(|k| k.as_str() == id) {
+        if !kept.contains(id.as_str()) {
             ops.push(TxnOp::delete(layout.key(id), None));
             if ops.len() >= max_ops {
                 flush(&mut ops)?;

@@ -36,7 +36,7 @@ struct Shared {
     confirmed: Instant,
     /// The last error, while unconfirmed.
     problem: Option<String>,
-    /// Bumped at every full reload (a version that differs even at an equal revision).
+    /// Bumped whenever the copy changes (the gateway's store version).
     generation: u64,
     render: RenderCache,
 }
@@ -64,7 +64,7 @@ impl Mirror {
                 render: RenderCache::default(),
             }),
         });
-        mirror.install(raw, true);
+        mirror.install(raw);
         let weak = Arc::downgrade(&mirror);
         inner.bridge.spawn(async move {
             follow(weak).await;
@@ -79,7 +79,7 @@ impl Mirror {
     }
 
     /// Replaces the copy with a full read.
-    fn install(&self, raw: RawState, full: bool) {
+    fn install(&self, raw: RawState) {
         let mut sh = self.lock();
         let now = xai_keys_core_now();
         let ctx = xai_keys_core::record::LoadContext {
@@ -99,9 +99,10 @@ impl Mirror {
             }
         }
         sh.raw = raw;
-        if full {
-            sh.generation += 1;
-        }
+        // Every install is a change of what `load` returns (records, head, window, lockdown):
+        // the version moves with it, and only with it (usage and log-only events do not make
+        // gateways rebuild their index).
+        sh.generation += 1;
         sh.confirmed = Instant::now();
     }
 
@@ -113,7 +114,7 @@ impl Mirror {
     pub(crate) fn version(&self) -> Option<String> {
         let sh = self.lock();
         sh.state.as_ref()?;
-        Some(format!("etcd:{}:{}", sh.generation, sh.raw.rev))
+        Some(format!("etcd:{}", sh.generation))
     }
 
     pub(crate) fn freshness(&self) -> Freshness {
@@ -184,7 +185,7 @@ impl Mirror {
         }
         raw.rev = rev.max(raw.rev);
         if changed {
-            self.install(raw, false);
+            self.install(raw);
         } else {
             let mut sh = self.lock();
             sh.raw.rev = raw.rev;
@@ -214,7 +215,7 @@ async fn follow(weak: std::sync::Weak<Mirror>) {
             .await
             {
                 Ok(Ok(raw)) => {
-                    m.install(raw, true);
+                    m.install(raw);
                     need_full = false;
                 }
                 Ok(Err(e)) => {

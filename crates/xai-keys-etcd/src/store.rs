@@ -665,8 +665,9 @@ impl EtcdStore {
                     ops.push(TxnOp::put(layout.key(id.as_str()), v, None));
                 }
             }
+            let kept: std::collections::BTreeSet<&str> = keys.keys().map(|k| k.as_str()).collect();
             for id in st.raw.records.keys() {
-                if !keys.keys().any(|k| k.as_str() == id) {
+                if !kept.contains(id.as_str()) {
                     ops.push(TxnOp::delete(layout.key(id), None));
                 }
             }
@@ -1118,7 +1119,13 @@ impl KeyStore for EtcdStore {
     fn usage(&self) -> Result<UsageMap> {
         let kv = self.inner.client.kv_client();
         let dir = self.inner.layout.usage_dir();
-        let (pairs, _) = self.inner.bridge.run("read usage", async move {
+        // Statistics are a courtesy: a gateway (watched copy) does not hold a listing for
+        // long when etcd is slow to answer.
+        let limit = match &self.mirror {
+            Some(_) => self.inner.bridge.timeout().min(Duration::from_secs(1)),
+            None => self.inner.bridge.timeout(),
+        };
+        let (pairs, _) = self.inner.bridge.run_for("read usage", limit, async move {
             range_all(kv, dir.as_bytes().to_vec(), prefix_end(&dir), 0).await
         })?;
         let mut out = UsageMap::new();

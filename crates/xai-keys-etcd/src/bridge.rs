@@ -81,6 +81,30 @@ impl Bridge {
         }
     }
 
+    /// [`Bridge::run`] for a read, which is safe to repeat: a transport failure is retried (at
+    /// most 3 times, within the same time limit). After the cluster was away, the client reports
+    /// the failed reconnect of each endpoint once more to the next request even when the member
+    /// is back, so the first read after an outage would fail although the cluster answers.
+    pub(crate) fn run_read<T, F, M>(&self, what: &str, make: M) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+        M: Fn() -> F + Send + 'static,
+    {
+        self.run(what, async move {
+            let mut tries = 0;
+            loop {
+                match make().await {
+                    Err(e) if tries < 3 && transient(&e) => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    r => return r,
+                }
+            }
+        })
+    }
+
     /// Starts a background task on the bridge's runtime.
     pub(crate) fn spawn<F>(&self, fut: F)
     where
@@ -100,14 +124,29 @@ impl Drop for Bridge {
     }
 }
 
+/// A failure to reach a member (nothing was read or written): worth one more try.
+pub(crate) fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // gRPC `Unavailable` (14).
+        etcd_client::Error::GRpcStatus(s) => s.code() as i32 == 14,
+        _ => false,
+    }
+}
+
 /// An etcd error as one line an operator can act on.
 pub(crate) fn describe(e: &etcd_client::Error) -> String {
     match e {
         etcd_client::Error::GRpcStatus(s) => {
             let msg = s.message();
             // gRPC status codes (tonic is not re-exported by the client).
+            // A wrong password or a missing user is `InvalidArgument` (3), not `Unauthenticated`.
+            let auth = msg.contains("authentication failed")
+                || msg.contains("user name is empty")
+                || msg.contains("invalid auth token");
             let hint = match s.code() as i32 {
                 16 => " (check XAI_ETCD_USER and XAI_ETCD_PASSWORD_FILE)",
+                3 if auth => " (check XAI_ETCD_USER and XAI_ETCD_PASSWORD_FILE)",
                 7 => " (the etcd user needs read and write on the store's prefix)",
                 14 => " (no reachable member with a leader: is a quorum of the cluster up?)",
                 _ => "",

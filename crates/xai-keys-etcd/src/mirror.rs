@@ -151,8 +151,10 @@ impl Mirror {
         self.lock().raw.rev
     }
 
-    /// Applies one watch response's events (one or more whole transactions) at `rev`.
-    fn apply(&self, layout: &Layout, events: &[etcd_client::Event], rev: i64) {
+    /// Applies one watch response's events (one or more whole transactions) at `rev`. Returns
+    /// false when the copy cannot be updated from the events alone (the log's last line was
+    /// deleted: the new last line is not in them) and must be reloaded in full.
+    fn apply(&self, layout: &Layout, events: &[etcd_client::Event], rev: i64) -> bool {
         let mut raw = self.lock().raw.clone();
         let mut changed = false;
         for ev in events {
@@ -175,12 +177,18 @@ impl Mirror {
                     None => raw.records.remove(id),
                 };
                 changed = true;
-            } else if let Some(seq) = layout.log_seq(key)
-                && let Some(v) = value
-                && raw.tail.as_ref().is_none_or(|(s, _)| seq >= *s)
-            {
-                raw.tail = Some((seq, v));
-                changed = true;
+            } else if let Some(seq) = layout.log_seq(key) {
+                match value {
+                    Some(v) if raw.tail.as_ref().is_none_or(|(s, _)| seq >= *s) => {
+                        raw.tail = Some((seq, v));
+                        changed = true;
+                    }
+                    Some(_) => {}
+                    // The last line deleted (outside xai-keys): which line ends the log now
+                    // is only known from a full read.
+                    None if raw.tail.as_ref().is_some_and(|(s, _)| seq >= *s) => return false,
+                    None => {}
+                }
             }
         }
         raw.rev = rev.max(raw.rev);
@@ -191,6 +199,7 @@ impl Mirror {
             sh.raw.rev = raw.rev;
             sh.confirmed = Instant::now();
         }
+        true
     }
 }
 
@@ -271,8 +280,9 @@ async fn follow(weak: std::sync::Weak<Mirror>) {
                                 break;
                             }
                             let rev = resp.header().map_or(0, |h| h.revision());
-                            if !resp.events().is_empty() {
-                                m.apply(&layout, resp.events(), rev);
+                            if !resp.events().is_empty() && !m.apply(&layout, resp.events(), rev) {
+                                need_full = true;
+                                break;
                             }
                         }
                         Ok(None) => {

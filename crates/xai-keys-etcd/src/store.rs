@@ -568,7 +568,7 @@ impl EtcdStore {
         let raw = self
             .inner
             .bridge
-            .run("read the store", async move { read_raw(c, l).await })?;
+            .run_read("read the store", move || read_raw(c.clone(), l.clone()))?;
         State::from_raw(raw, &self.inner.location, self.ctx(now), &mut self.render())
     }
 
@@ -744,12 +744,15 @@ impl EtcdStore {
                     let Some(text) = first_text else {
                         return Err(e);
                     };
-                    let mut kv = self.inner.client.kv_client();
+                    let kv = self.inner.client.kv_client();
                     let key = layout.log(first_seq);
-                    let found = self.inner.bridge.run("check the commit", async move {
-                        kv.get(key, None)
-                            .await
-                            .map(|r| r.kvs().first().map(|kv| kv.value().to_vec()))
+                    let found = self.inner.bridge.run_read("check the commit", move || {
+                        let (mut kv, key) = (kv.clone(), key.clone());
+                        async move {
+                            kv.get(key, None)
+                                .await
+                                .map(|r| r.kvs().first().map(|kv| kv.value().to_vec()))
+                        }
                     });
                     return match found {
                         Ok(Some(v)) if v == text.as_bytes() => Ok(Some(CommitInfo {
@@ -798,11 +801,14 @@ impl EtcdStore {
     }
 
     fn get_value(&self, key: String) -> Result<Option<Vec<u8>>> {
-        let mut kv = self.inner.client.kv_client();
-        self.inner.bridge.run("read", async move {
-            kv.get(key, None)
-                .await
-                .map(|r| r.kvs().first().map(|kv| kv.value().to_vec()))
+        let kv = self.inner.client.kv_client();
+        self.inner.bridge.run_read("read", move || {
+            let (mut kv, key) = (kv.clone(), key.clone());
+            async move {
+                kv.get(key, None)
+                    .await
+                    .map(|r| r.kvs().first().map(|kv| kv.value().to_vec()))
+            }
         })
     }
 
@@ -839,12 +845,15 @@ impl KeyStore for EtcdStore {
         }
         // Any write anywhere in the cluster moves its revision: a reload may be needless,
         // never missed.
-        let mut kv = self.inner.client.kv_client();
+        let kv = self.inner.client.kv_client();
         let head = self.inner.layout.head();
-        let rev = self.inner.bridge.run("read the revision", async move {
-            kv.get(head, Some(GetOptions::new().with_count_only()))
-                .await
-                .map(|r| r.header().map_or(0, |h| h.revision()))
+        let rev = self.inner.bridge.run_read("read the revision", move || {
+            let (mut kv, head) = (kv.clone(), head.clone());
+            async move {
+                kv.get(head, Some(GetOptions::new().with_count_only()))
+                    .await
+                    .map(|r| r.header().map_or(0, |h| h.revision()))
+            }
         })?;
         Ok(StoreVersion(format!("etcd:{rev}")))
     }
@@ -1148,6 +1157,22 @@ impl KeyStore for EtcdStore {
 
     fn record_usage(&self, deltas: &UsageMap, live: &dyn Fn(&str) -> bool, now: f64) -> Result<()> {
         let mut by_shard: BTreeMap<String, UsageMap> = BTreeMap::new();
+        // Every shard holding a key that is no longer live is rewritten too (the contract drops
+        // every such key, not only those in the shards this flush touches).
+        // A shard that does not parse is left to the merge below (which replaces it).
+        let kv = self.inner.client.kv_client();
+        let dir = self.inner.layout.usage_dir();
+        let (pairs, _) = self.inner.bridge.run_read("read usage", move || {
+            let (kv, dir) = (kv.clone(), dir.clone());
+            async move { range_all(kv, dir.as_bytes().to_vec(), prefix_end(&dir), 0).await }
+        })?;
+        for (_, v) in pairs {
+            if let Ok(shard) = serde_json::from_slice::<UsageShard>(&v) {
+                for id in shard.keys.keys().filter(|id| !live(id)) {
+                    by_shard.entry(usage_shard(id)).or_default();
+                }
+            }
+        }
         for (id, u) in deltas {
             by_shard
                 .entry(usage_shard(id))

@@ -24,10 +24,25 @@ pub fn is_etcd_url(s: &str) -> bool {
     s.starts_with("etcd://") || s.starts_with("etcds://")
 }
 
+/// `value` with any credentials before an `@` in the endpoints replaced and any query string
+/// or fragment cut off, so that an error never repeats a password.
+fn redact(value: &str) -> String {
+    let value = match value.find(['?', '#']) {
+        Some(i) => format!("{}<query removed>", &value[..i]),
+        None => value.to_string(),
+    };
+    let (scheme, rest) = value.split_once("://").unwrap_or(("", &value));
+    let hosts_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..hosts_end].rfind('@') {
+        Some(at) => format!("{scheme}://<credentials removed>{}", &rest[at..]),
+        None => value.clone(),
+    }
+}
+
 fn bad(value: &str, reason: impl Into<String>) -> Error {
     Error::InvalidConfig {
         var: "--store / XAI_API_KEY_STORE".into(),
-        value: value.into(),
+        value: redact(value),
         reason: format!(
             "{}; expected etcd://host:port[,host:port…]/prefix (etcds:// for TLS)",
             reason.into()
@@ -184,6 +199,7 @@ mod tests {
             let e = EtcdUrl::parse(s).unwrap_err().to_string();
             assert!(e.contains(want), "{s}: {e}");
             assert!(!e.contains("pw@"), "{e}");
+            assert!(!e.contains("password=x"), "{e}");
         }
     }
 }

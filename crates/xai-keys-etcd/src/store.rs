@@ -496,7 +496,10 @@ impl EtcdStore {
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
         if let Some((u, p)) = &opts.user {
-            copts = copts.with_user(u.clone(), p.to_string());
+            // etcd's simple tokens expire (5 min by default): a long-running gateway renews.
+            copts = copts
+                .with_user(u.clone(), p.to_string())
+                .with_auto_token_refresh(true);
         }
         if opts.url.tls {
             let read = |p: &Path, what: &str| {
@@ -625,6 +628,7 @@ impl EtcdStore {
         step: &mut dyn FnMut(&State, &mut KeyMap) -> Result<Option<Step>>,
     ) -> Result<Option<CommitInfo>> {
         let layout = &self.inner.layout;
+        let mut transport_retries = 0;
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 // Jittered backoff: 2-20 ms growing with the attempt, so writers spread out.
@@ -754,23 +758,35 @@ impl EtcdStore {
                                 .map(|r| r.kvs().first().map(|kv| kv.value().to_vec()))
                         }
                     });
-                    return match found {
-                        Ok(Some(v)) if v == text.as_bytes() => Ok(Some(CommitInfo {
-                            lines,
-                            store_sha256: digest,
-                            warnings: st.warnings.clone(),
-                        })),
-                        Ok(_) => Err(Error::Unavailable {
-                            store: self.inner.location.clone(),
-                            problem: format!("{e}; nothing was changed"),
-                        }),
-                        Err(_) => Err(Error::Unavailable {
-                            store: self.inner.location.clone(),
-                            problem: format!(
-                                "{e}; the change may or may not have been applied: check with `xai-keys events` once the cluster answers"
-                            ),
-                        }),
-                    };
+                    match found {
+                        Ok(Some(v)) if v == text.as_bytes() => {
+                            return Ok(Some(CommitInfo {
+                                lines,
+                                store_sha256: digest,
+                                warnings: st.warnings.clone(),
+                            }));
+                        }
+                        // Not applied, and the cluster answers again: read and try again (a
+                        // connection that failed once after an outage), a few times at most.
+                        Ok(_) if transport_retries < 3 => {
+                            transport_retries += 1;
+                            continue;
+                        }
+                        Ok(_) => {
+                            return Err(Error::Unavailable {
+                                store: self.inner.location.clone(),
+                                problem: format!("{e}; nothing was changed"),
+                            });
+                        }
+                        Err(_) => {
+                            return Err(Error::Unavailable {
+                                store: self.inner.location.clone(),
+                                problem: format!(
+                                    "{e}; the change may or may not have been applied: check with `xai-keys events` once the cluster answers"
+                                ),
+                            });
+                        }
+                    }
                 }
             }
         }
@@ -907,17 +923,28 @@ impl KeyStore for EtcdStore {
                             .and_then(|kv| layout.log_seq(kv.key()))
                             .unwrap_or(0);
                     }
+                    let mut older = false;
                     for kv in r.kvs() {
-                        if let Ok(obj) = serde_json::from_slice::<AuditEvent>(kv.value())
-                            && audit::matches(&obj, &q2)
+                        let Ok(obj) = serde_json::from_slice::<AuditEvent>(kv.value()) else {
+                            continue;
+                        };
+                        // The log is chronological (as the file store reads it): nothing
+                        // older than `since` can match.
+                        if let (Some(since), Some(ts)) =
+                            (q2.since, obj.get("timestamp").and_then(Value::as_f64))
+                            && ts < since
                         {
+                            older = true;
+                            break;
+                        }
+                        if audit::matches(&obj, &q2) {
                             found.push(obj);
                             if found.len() >= q2.limit {
                                 break;
                             }
                         }
                     }
-                    let done = found.len() >= q2.limit || !r.more();
+                    let done = older || found.len() >= q2.limit || !r.more();
                     match r.kvs().last() {
                         Some(last) if !done => upper = last.key().to_vec(),
                         _ => break,
@@ -1295,7 +1322,8 @@ impl KeyStore for EtcdStore {
                         expires_at: open.expires_at,
                     });
                 }
-                (None, None) if st.raw.window.is_none() => return Ok(None),
+                // Nothing open (none recorded, or it expired): nothing to close, as on a file.
+                (None, None) => return Ok(None),
                 _ => {}
             }
             let op = match &value {

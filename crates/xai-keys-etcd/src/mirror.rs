@@ -44,6 +44,8 @@ struct Shared {
 pub(crate) struct Mirror {
     inner: Arc<Inner>,
     shared: Mutex<Shared>,
+    /// Signalled whenever the copy's revision moves (see [`Mirror::wait_for`]).
+    moved: std::sync::Condvar,
 }
 
 impl Mirror {
@@ -63,6 +65,7 @@ impl Mirror {
                 generation: 0,
                 render: RenderCache::default(),
             }),
+            moved: std::sync::Condvar::new(),
         });
         mirror.install(raw);
         let weak = Arc::downgrade(&mirror);
@@ -93,17 +96,38 @@ impl Mirror {
                 sh.problem = None;
             }
             Err(e) => {
-                // Unparseable records: keep serving the last good state and say why.
+                // Unparseable records: no copy to answer from. `load` then reads etcd itself
+                // and gets the error, so the gateway reports the store unreadable and keeps its
+                // last good index, as with a damaged file.
                 tracing::error!(store = %self.inner.location, "{e}");
-                sh.problem = Some(e.to_string());
+                sh.state = None;
             }
         }
         sh.raw = raw;
+        self.moved.notify_all();
         // Every install is a change of what `load` returns (records, head, window, lockdown):
         // the version moves with it, and only with it (usage and log-only events do not make
         // gateways rebuild their index).
         sh.generation += 1;
         sh.confirmed = Instant::now();
+    }
+
+    /// Waits (at most `limit`) until the copy has applied revision `rev`: a writer on this
+    /// process sees its own change in the copy when its commit returns.
+    pub(crate) fn wait_for(&self, rev: i64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut sh = self.lock();
+        while sh.raw.rev < rev {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(store = %self.inner.location, rev, "etcd: the watched copy did not reach the change's revision in time; the next poll will");
+                return;
+            }
+            sh = match self.moved.wait_timeout(sh, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
     }
 
     /// The last parsed state.
@@ -120,7 +144,9 @@ impl Mirror {
     pub(crate) fn freshness(&self) -> Freshness {
         let sh = self.lock();
         let age = sh.confirmed.elapsed();
-        if age <= STALE_AFTER && sh.problem.is_none() {
+        // Only the age counts: a watch stream that fails right after a confirmation is
+        // re-opened by the follower; the copy is stale only once nothing confirms it.
+        if age <= STALE_AFTER {
             Freshness::Live
         } else {
             Freshness::Stale {
@@ -197,6 +223,7 @@ impl Mirror {
         } else {
             let mut sh = self.lock();
             sh.raw.rev = raw.rev;
+            self.moved.notify_all();
             sh.confirmed = Instant::now();
         }
         true

@@ -567,12 +567,36 @@ impl EtcdStore {
 
     /// Reads and checks the current state (one revision).
     pub(crate) fn read_state(&self, now: f64) -> Result<State> {
+        self.read_state_with(now, false)
+    }
+
+    /// [`EtcdStore::read_state`]; `tolerant`: records that do not parse are read as no keys
+    /// with the state `Unverifiable` (kept raw, so that a replacing change deletes them), for
+    /// the one change that must work on a damaged store: restore.
+    pub(crate) fn read_state_with(&self, now: f64, tolerant: bool) -> Result<State> {
         let (c, l) = (self.inner.client.clone(), self.inner.layout.clone());
         let raw = self
             .inner
             .bridge
             .run_read("read the store", move || read_raw(c.clone(), l.clone()))?;
-        State::from_raw(raw, &self.inner.location, self.ctx(now), &mut self.render())
+        match State::from_raw(
+            raw.clone(),
+            &self.inner.location,
+            self.ctx(now),
+            &mut self.render(),
+        ) {
+            Err(e @ Error::CorruptStore { .. }) if tolerant => Ok(State {
+                head: None,
+                keys: KeyMap::new(),
+                digest: String::new(),
+                integrity: Integrity::Unverifiable(e.to_string()),
+                warnings: vec![format!(
+                    "the live records are unreadable ({e}); they are replaced"
+                )],
+                raw,
+            }),
+            other => other,
+        }
     }
 
     /// The whole audit log as the file store's bytes (one line per entry, `\n`-terminated),
@@ -627,6 +651,19 @@ impl EtcdStore {
         anchored_only: bool,
         step: &mut dyn FnMut(&State, &mut KeyMap) -> Result<Option<Step>>,
     ) -> Result<Option<CommitInfo>> {
+        self.transact_with(actor, now, anchored_only, false, step)
+    }
+
+    /// [`EtcdStore::transact`]; `tolerant_reads` (with `anchored_only` off): unreadable
+    /// records are read as none (restore replaces them).
+    pub(crate) fn transact_with(
+        &self,
+        actor: &Actor,
+        now: f64,
+        anchored_only: bool,
+        tolerant_reads: bool,
+        step: &mut dyn FnMut(&State, &mut KeyMap) -> Result<Option<Step>>,
+    ) -> Result<Option<CommitInfo>> {
         let layout = &self.inner.layout;
         let mut transport_retries = 0;
         for attempt in 0..MAX_ATTEMPTS {
@@ -637,7 +674,7 @@ impl EtcdStore {
                 let ms = 2 + u64::from(attempt.min(9)) * 2 + u64::from(b[0] % 8);
                 std::thread::sleep(Duration::from_millis(ms));
             }
-            let st = self.read_state(now)?;
+            let st = self.read_state_with(now, !anchored_only && tolerant_reads)?;
             if anchored_only && !st.integrity.is_consistent() {
                 return Err(self.unanchored(&st));
             }
@@ -736,6 +773,12 @@ impl EtcdStore {
                 .run("commit", async move { kv.txn(txn).await });
             match res {
                 Ok(r) if r.succeeded() => {
+                    // Read your writes: a gateway's watched copy reaches this revision before
+                    // the change is acknowledged, so the gateway's own index (rebuilt right
+                    // after the commit) already enforces it.
+                    if let (Some(m), Some(h)) = (&self.mirror, r.header()) {
+                        m.wait_for(h.revision(), self.inner.bridge.timeout());
+                    }
                     return Ok(Some(CommitInfo {
                         lines,
                         store_sha256: digest,
@@ -1122,13 +1165,13 @@ impl KeyStore for EtcdStore {
     fn restore(&self, from: &Path, actor: &Actor, now: f64) -> Result<RestoreReport> {
         let (manifest, backup_keys, backup_log) = xai_keys_core::backup::read_backup(from, now)?;
         // Into an empty prefix: the backup's log becomes the start of this one.
-        let st = self.read_state(now)?;
+        let st = self.read_state_with(now, true)?;
         if st.head.is_none() && st.raw.tail.is_none() && !backup_log.is_empty() {
             crate::migrate::seed_log(self, &backup_log)?;
         }
         let window = xai_keys_core::window::current(self, now).ok().flatten();
         let mut report = None;
-        self.transact(actor, now, false, &mut |st, keys| {
+        self.transact_with(actor, now, false, true, &mut |st, keys| {
             let (live_log, _) = self.dump_log(st.raw.rev)?;
             let (planned, draft, rep) = xai_keys_core::backup::plan_restore(
                 from,

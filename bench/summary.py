@@ -176,6 +176,30 @@ if ld:
 else:
     missing.append("lockdown")
 
+# Fleet (run-fleet): the etcd store against a file store, same run, same keys
+fl = load("fleet/summary.json")
+if fl:
+    t = fl["throughput"]
+    for k, what in (("valid", "valid key"), ("invalid", "unknown key (401)")):
+        e, f = t[f"etcd_{k}"], t[f"file_{k}"]
+        row(f"gateway on etcd, {what}: req/s (p99)", f"**{e['rps']:,.0f}** ({e['p99_ms']:.2f} ms)",
+            f"{f['rps']:,.0f} ({f['p99_ms']:.2f} ms)", ratio(e["rps"], f["rps"]),
+            f"a gateway on a file store, same {fl['fixture']['keys']:,} keys, {fl['conns']} connections")
+    pe, pf = fl["propagation"]["etcd"], fl["propagation"]["file"]
+    for what, e, f, base_what in (
+            ("etcd: API revoke on one gateway → refused by the 2 others, p50 (p99)",
+             pe["api_revoke_to_refused_ms"]["all"], pf["api_revoke_to_refused_ms"]["all"],
+             "two gateways on one file store (poll 50 ms)"),
+            ("etcd: CLI revoke exit → refused by all 3 gateways, p50 (p99)",
+             pe["cli_exit_to_refused_ms"]["all"], pf["cli_exit_to_refused_ms"]["all"],
+             "CLI revoke on a file store → its 2 gateways"),
+            ("etcd: admin issue (POST /admin/api-keys), p50 (p99)",
+             pe["issue_ms"], pf["issue_ms"], "the same on a gateway on a file store")):
+        row(what, f"**{e['p50_ms']:.1f} ms** ({e['p99_ms']:.1f} ms)",
+            f"{f['p50_ms']:.1f} ms ({f['p99_ms']:.1f} ms)", ratio(e["p50_ms"], f["p50_ms"]), base_what)
+else:
+    missing.append("fleet")
+
 meta = load("run/meta.json") or {}
 end = load("run/end.json") or {}
 stages = []

@@ -66,8 +66,13 @@ pub fn refused(env: &Env, args: &[&str], code: &str) -> Value {
     v
 }
 
-/// The store and log bytes (`None` when missing).
+/// The store and log bytes (`None` when missing); on etcd, every key and value under the
+/// prefix (and `None`).
 pub fn files(env: &Env) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    if env.is_etcd() {
+        let all = env.persisted();
+        return ((!all.is_empty()).then(|| all.into_bytes()), None);
+    }
     (
         std::fs::read(&env.store).ok(),
         std::fs::read(env.log()).ok(),
@@ -165,7 +170,7 @@ fn usage_errors_exit_2() {
     env.fails(&["issue", "--ttl-days", "1", "--permanent"], 2);
     env.fails(&["bootstrap-admin", "--secret", "x", "--secret-stdin"], 2);
     env.fails(&["revoke"], 2);
-    assert!(!env.store.parent().unwrap().exists());
+    assert!(env.nothing_created());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -198,8 +203,7 @@ fn issue_every_scope_prints_reference_fields_and_never_persists_the_plaintext() 
             close(f(&v, "expires_at"), f(&v, "created") + 90.0 * DAY),
             "{v}"
         );
-        let (store, log) = (read(&env.store), read(&env.log()));
-        assert!(!store.contains(plain) && !log.contains(plain));
+        assert!(!env.persisted().contains(plain));
     }
     // Case-insensitive scope names are accepted and normalised.
     let v = issue_json(&env, &["--scope", "ADMIN"]);
@@ -232,9 +236,11 @@ fn issue_every_scope_prints_reference_fields_and_never_persists_the_plaintext() 
         }
         assert!(s(e, "actor").starts_with("cli:"), "{e}");
     }
-    assert_eq!(mode(&env.store), 0o600);
-    assert_eq!(mode(&env.log()), 0o600);
-    assert_eq!(mode(env.store.parent().unwrap()), 0o700);
+    if !env.is_etcd() {
+        assert_eq!(mode(&env.store), 0o600);
+        assert_eq!(mode(&env.log()), 0o600);
+        assert_eq!(mode(env.store.parent().unwrap()), 0o700);
+    }
 }
 
 #[test]
@@ -255,7 +261,7 @@ fn issue_refuses_an_unknown_scope_as_usage_error_listing_valid_scopes() {
         let err = env.fails(args, 2);
         assert!(err.contains("user, operator, auditor, admin"), "{err}");
     }
-    assert!(!env.store.parent().unwrap().exists());
+    assert!(env.nothing_created());
 }
 
 #[test]
@@ -304,7 +310,7 @@ fn zero_or_negative_ttl_is_an_error_and_writes_nothing() {
         assert!(msg.contains("TTL") && msg.contains("positive"), "{msg}");
         assert_eq!(files(&env), before, "{flags:?} wrote something");
         fresh.fails(&args, 1);
-        assert!(!fresh.store.parent().unwrap().exists());
+        assert!(fresh.nothing_created());
     }
     // Not a duration at all.
     let err = env.fails(&["issue", "--ttl", "soon"], 1);
@@ -324,7 +330,7 @@ fn issue_refuses_invalid_labels() {
             "invalid_label",
         );
     }
-    assert!(!env.store.exists() && !env.log().exists());
+    assert!(!env.store_exists());
     // Surrounding whitespace is trimmed; 256 characters are fine.
     let v = issue_json(&env, &["--label", "  padded  "]);
     assert_eq!(v["label"], "padded");
@@ -347,7 +353,7 @@ fn permanent_keys_need_the_environment_opt_in() {
             .contains("XAI_API_KEY_ALLOW_PERMANENT"),
         "{v}"
     );
-    assert!(!env.store.exists() && !env.log().exists());
+    assert!(!env.store_exists());
     for no in ["0", "false", "no", "NO"] {
         let out = run(
             &env,
@@ -361,7 +367,7 @@ fn permanent_keys_need_the_environment_opt_in() {
             "permanent_keys_disabled"
         );
     }
-    assert!(!env.store.exists());
+    assert!(!env.store_exists());
     for yes in ["1", "true", "yes", "TRUE", "Yes"] {
         let args = ["issue", "--permanent", "--label", yes];
         let out = run(&env, &args, &[("XAI_API_KEY_ALLOW_PERMANENT", yes)], None);
@@ -391,7 +397,7 @@ fn invalid_configuration_values_name_the_variable() {
         assert_eq!(e["error"], "invalid_config", "{e}");
         assert!(e["message"].as_str().unwrap().contains(var), "{e}");
     }
-    assert!(!env.store.exists());
+    assert!(!env.store_exists());
 }
 
 #[test]
@@ -447,7 +453,7 @@ fn plaintext_stdin_persists_only_the_hash_and_refuses_short_or_duplicate_secrets
     assert_eq!(v["scope"], "operator");
     assert_eq!(v["label"], "hsm");
     assert!(!stdout_of(&out).contains(secret) && !stderr_of(&out).contains(secret));
-    assert!(!read(&env.store).contains(secret) && !read(&env.log()).contains(secret));
+    assert!(!env.persisted().contains(secret));
     assert_eq!(
         env.ok(&["list"])[s(&v, "key_id")]["origin"],
         "supplied",
@@ -614,6 +620,13 @@ fn read_only_commands_on_a_missing_store_print_empty_results_and_create_nothing(
     assert_eq!(env.ok(&["events"]), json!([]));
     let (code, rep) = env.verify();
     assert_eq!(code, 0, "{rep}");
+    if env.is_etcd() {
+        // No key under the prefix, and no file in the state directory either.
+        assert!(env.nothing_created(), "a read-only command wrote to etcd");
+        let entries: Vec<_> = std::fs::read_dir(env.dir.path()).unwrap().collect();
+        assert!(entries.is_empty(), "{entries:?}");
+        return;
+    }
     assert!(
         !dir.exists(),
         "a read-only command created {}",
@@ -765,7 +778,7 @@ fn rotate_without_grace_revokes_the_old_key_and_inherits_label_scope_and_ttl() {
         "{v}"
     );
     assert_eq!(env.ids(), vec![new_id.clone()]);
-    assert!(!read(&env.log()).contains(s(&v, "api_key")));
+    assert!(!env.persisted().contains(s(&v, "api_key")));
 
     let evs = all_events(&env);
     let tail: Vec<(&str, &str)> = evs[evs.len() - 3..]
@@ -1171,6 +1184,12 @@ fn watch_events_replays_follows_survives_replacement_and_truncation_and_stops_on
     assert_eq!(v["scope"], "operator");
     assert!(v.get("hash").is_some());
 
+    if env.is_etcd() {
+        // Replacing or truncating the log file is file mechanics; on etcd just stop.
+        let status = w.terminate();
+        assert!(status.success(), "exit status {status:?}");
+        return;
+    }
     // Log replaced (copy + rename): the watcher keeps following the new file.
     let log = env.log();
     let tmp = log.with_extension("log.rotated");
@@ -1222,10 +1241,7 @@ fn watch_events_on_a_missing_log_creates_nothing_and_follows_the_first_key() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(150));
-    assert!(
-        !env.store.parent().unwrap().exists(),
-        "watch-events created files"
-    );
+    assert!(env.nothing_created(), "watch-events created files");
     let (_, id) = env.issue("admin", "first");
     let v = w.next("the first issue line");
     assert!(is_issue_of(&id)(&v), "{v}");
@@ -1276,12 +1292,7 @@ fn bootstrap_admin_registers_once_from_stdin_flag_or_env_and_never_echoes_the_se
     assert_eq!(v["label"], "bootstrap-admin");
     assert_eq!(v["created"], true);
     assert!(v.get("api_key").is_none());
-    for text in [
-        stdout_of(&out),
-        stderr_of(&out),
-        read(&env.store),
-        read(&env.log()),
-    ] {
+    for text in [stdout_of(&out), stderr_of(&out), env.persisted()] {
         assert!(!text.contains(secret));
     }
     let rec = &env.ok(&["list"])[&id];
@@ -1363,7 +1374,7 @@ fn bootstrap_admin_refuses_missing_short_or_non_admin_secrets() {
         assert_eq!(e["error"], "invalid_secret", "{e}");
         assert!(!stdout_of(&out).contains(short) && !stderr_of(&out).contains(short));
     }
-    assert!(!env.store.exists() && !env.log().exists());
+    assert!(!env.store_exists());
     // A secret already registered with another scope is not silently promoted.
     let secret = "secret-registered-as-a-user-key-0123456789";
     let args = ["issue", "--plaintext-stdin", "--scope", "user"];
@@ -1421,6 +1432,10 @@ fn verify_passes_on_a_fresh_store_and_names_an_edited_or_deleted_log_line() {
             assert_eq!(c["status"], "ok", "{c}");
         }
     }
+    if env.is_etcd() {
+        // Editing the log file's lines is file mechanics (`verify_names_an_edited_etcd_log_line`).
+        return;
+    }
 
     let log = env.log();
     let good = read(&log);
@@ -1463,16 +1478,30 @@ fn verify_passes_on_a_fresh_store_and_names_an_edited_or_deleted_log_line() {
     assert!(err.contains("restore"), "{err}");
 }
 
+/// Replaces `from` with `to` in key `id`'s stored record without going through xai-keys: the
+/// store file edited by hand, or the record's etcd key put with etcdctl.
+pub fn edit_behind_the_stores_back(env: &Env, id: &str, from: &str, to: &str) {
+    match env.etcd_prefix() {
+        Some(prefix) => {
+            let key = format!("{prefix}/keys/{id}");
+            let rec = env.etcdctl(&["get", "--print-value-only", &key]);
+            let rec = rec.trim_end_matches('\n');
+            assert!(rec.contains(from), "{key} holds {rec}");
+            env.etcdctl(&["put", &key, &rec.replace(from, to)]);
+        }
+        None => {
+            let store = read(&env.store);
+            assert!(store.contains(from), "{store}");
+            std::fs::write(&env.store, store.replace(from, to)).unwrap();
+        }
+    }
+}
+
 #[test]
 fn a_hand_edited_store_blocks_mutations_until_verify_adopt() {
     let env = Env::new();
     let (_, id) = env.issue("user", "original-label");
-    let store = read(&env.store);
-    std::fs::write(
-        &env.store,
-        store.replace("original-label", "edited-by-hand"),
-    )
-    .unwrap();
+    edit_behind_the_stores_back(&env, &id, "original-label", "edited-by-hand");
     let (code, rep) = env.verify();
     assert_eq!(code, 1, "{rep}");
     assert_eq!(check(&rep, "store matches log")["status"], "fail");
@@ -1501,10 +1530,12 @@ fn a_hand_edited_store_blocks_mutations_until_verify_adopt() {
     let ev = all_events(&env).pop().unwrap();
     assert_eq!(ev["action"], "adopt");
     assert_eq!(ev["keys"], 1);
-    assert_eq!(
-        read(&env.store),
-        before.0.map(|b| String::from_utf8(b).unwrap()).unwrap()
-    );
+    if !env.is_etcd() {
+        assert_eq!(
+            read(&env.store),
+            before.0.map(|b| String::from_utf8(b).unwrap()).unwrap()
+        );
+    }
     let (code, rep) = env.verify();
     assert_eq!(code, 0, "{rep}");
     env.issue("user", "after-adopt");
@@ -1572,7 +1603,7 @@ fn a_corrupt_store_is_refused_by_every_command_and_left_byte_for_byte() {
         b"[1, 2]\n",
         b"{\"x\": 1} trailing",
     ] {
-        let env = Env::new();
+        let Some(env) = Env::file_only() else { return };
         let (_, id) = env.issue("user", "victim");
         std::fs::write(&env.store, content).unwrap();
         every_command_refuses_a_corrupt_store(&env, &id);
@@ -1581,7 +1612,7 @@ fn a_corrupt_store_is_refused_by_every_command_and_left_byte_for_byte() {
 
 #[test]
 fn an_empty_store_file_is_refused_not_treated_as_no_keys() {
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     let (_, id) = env.issue("user", "victim");
     std::fs::write(&env.store, b"").unwrap();
     every_command_refuses_a_corrupt_store(&env, &id);
@@ -1591,7 +1622,7 @@ fn an_empty_store_file_is_refused_not_treated_as_no_keys() {
 
 #[test]
 fn a_corrupt_store_without_any_log_is_refused_too() {
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     std::fs::create_dir(env.store.parent().unwrap()).unwrap();
     chmod(env.store.parent().unwrap(), 0o700);
     std::fs::write(&env.store, b"{\n  \"not-a-key-id\": {}\n}\n").unwrap();
@@ -1610,7 +1641,7 @@ fn a_corrupt_store_without_any_log_is_refused_too() {
 
 #[test]
 fn writable_by_others_is_refused_and_readable_by_others_is_warned() {
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     let (_, id) = env.issue("user", "perm");
     let dir = env.store.parent().unwrap().to_path_buf();
     for (path, m) in [
@@ -1690,8 +1721,10 @@ fn backup_writes_store_log_and_manifest_with_sums_and_never_overwrites() {
     let log_b = std::fs::read(out.join("api_keys.json.log")).unwrap();
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(store_b, std::fs::read(&env.store).unwrap());
-    assert_eq!(log_b, std::fs::read(env.log()).unwrap());
+    if !env.is_etcd() {
+        assert_eq!(store_b, std::fs::read(&env.store).unwrap());
+        assert_eq!(log_b, std::fs::read(env.log()).unwrap());
+    }
     assert_eq!(manifest["store_sha256"], sha256_hex(&store_b).as_str());
     assert_eq!(manifest["log_sha256"], sha256_hex(&log_b).as_str());
     assert_eq!(manifest["keys"], 2);
@@ -1778,7 +1811,7 @@ fn restore_never_revives_revoked_keys_reports_dropped_ones_and_only_appends_to_t
     env.ok(&["revoke", &a]);
     env.ok(&["disable", &d]);
     let (_, c) = env.issue("user", "issued-after-backup");
-    let log_before = std::fs::read(env.log()).unwrap();
+    let log_before = all_events(&env);
 
     let v = env.ok(&["restore", bk.to_str().unwrap()]);
     assert_eq!(v["restored_keys"], 2, "{v}");
@@ -1792,7 +1825,7 @@ fn restore_never_revives_revoked_keys_reports_dropped_ones_and_only_appends_to_t
     );
     assert_eq!(list[&d]["state"], "disabled");
 
-    let log_after = std::fs::read(env.log()).unwrap();
+    let log_after = all_events(&env);
     assert!(
         log_after.starts_with(&log_before),
         "the live log was rewritten"
@@ -1814,13 +1847,18 @@ fn restore_is_the_way_out_of_a_corrupt_store() {
     let (_, a) = env.issue("user", "a");
     let bk = env.dir.path().join("bk");
     env.ok(&["backup", "--out", bk.to_str().unwrap()]);
-    std::fs::write(&env.store, b"{ garbage").unwrap();
+    let log_before = all_events(&env);
+    match env.etcd_prefix() {
+        Some(prefix) => {
+            env.etcdctl(&["put", &format!("{prefix}/keys/{a}"), "{ garbage"]);
+        }
+        None => std::fs::write(&env.store, b"{ garbage").unwrap(),
+    }
     env.fails(&["list"], 1);
-    let log_before = std::fs::read(env.log()).unwrap();
     let v = env.ok(&["restore", bk.to_str().unwrap()]);
     assert_eq!(v["restored_keys"], 1);
     assert_eq!(env.ids(), vec![a]);
-    assert!(std::fs::read(env.log()).unwrap().starts_with(&log_before));
+    assert!(all_events(&env).starts_with(&log_before));
     let (code, rep) = env.verify();
     assert_eq!(code, 0, "{rep}");
 }
@@ -1831,12 +1869,20 @@ fn restore_into_a_store_whose_log_is_missing_seeds_the_log_from_the_backup() {
     let (_, a) = env.issue("user", "a");
     let bk = env.dir.path().join("bk");
     env.ok(&["backup", "--out", bk.to_str().unwrap()]);
-    std::fs::remove_file(&env.store).unwrap();
-    std::fs::remove_file(env.log()).unwrap();
+    let backup_log = all_events(&env);
+    match env.etcd_prefix() {
+        Some(prefix) => {
+            env.etcdctl(&["del", "--prefix", &format!("{prefix}/")]);
+        }
+        None => {
+            std::fs::remove_file(&env.store).unwrap();
+            std::fs::remove_file(env.log()).unwrap();
+        }
+    }
+    assert!(env.nothing_created() || !env.is_etcd());
     env.ok(&["restore", bk.to_str().unwrap()]);
     assert_eq!(env.ids(), vec![a]);
-    let backup_log = std::fs::read(bk.join("api_keys.json.log")).unwrap();
-    assert!(std::fs::read(env.log()).unwrap().starts_with(&backup_log));
+    assert!(all_events(&env).starts_with(&backup_log));
     let (code, rep) = env.verify();
     assert_eq!(code, 0, "{rep}");
 }
@@ -1845,7 +1891,7 @@ fn restore_into_a_store_whose_log_is_missing_seeds_the_log_from_the_backup() {
 /// mismatch, never a panic (messages shorten such values without splitting a character).
 #[test]
 fn non_ascii_values_in_a_tampered_log_give_errors_not_panics() {
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     env.issue("user", "a");
     let log = env.log();
     let text = std::fs::read_to_string(&log).unwrap();

@@ -1,47 +1,254 @@
 //! Shared helpers: a temporary store, a command builder with a clean environment, JSON runs,
 //! and for `serve` a gateway process guard plus a tiny blocking HTTP/1.1 client.
+//!
+//! The suite runs against the file backend by default. With `XAI_TEST_BACKEND=etcd` every
+//! [`Env`] is instead a fresh key prefix on one etcd cluster (a single loopback member started
+//! once per test binary); tests about file mechanics opt out with [`Env::file_only`].
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use serde_json::Value;
 use tempfile::TempDir;
+use xai_keys_testkit::EtcdCluster;
 
 /// Path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_xai-keys");
 
-/// A private directory holding one store.
+/// Selects the backend every [`Env`] uses: `etcd`, or anything else (or unset) for files.
+pub const BACKEND_VAR: &str = "XAI_TEST_BACKEND";
+
+/// Whether this run is against etcd (`XAI_TEST_BACKEND=etcd`).
+pub fn etcd_backend() -> bool {
+    std::env::var(BACKEND_VAR).is_ok_and(|v| v.trim().eq_ignore_ascii_case("etcd"))
+}
+
+/// The one etcd cluster of an etcd run, shared by every test of the binary.
+struct SharedEtcd {
+    /// `etcd://127.0.0.1:PORT`, without a prefix.
+    base: String,
+    /// Fallback `XAI_STATE_DIR` for commands built without an [`Env`] ([`base_cmd`]).
+    state: TempDir,
+    /// Never dropped: statics are not dropped at exit, so the members are killed by `watchdog`.
+    cluster: EtcdCluster,
+    /// The watchdog, with the write end of its stdin: held (never waited for) for the life of
+    /// this process.
+    _watchdog: Child,
+}
+
+static ETCD: OnceLock<SharedEtcd> = OnceLock::new();
+static PREFIX_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The shared cluster, started on first use.
+///
+/// A static is never dropped, so the cluster's `Drop` (which kills the members) never runs. A
+/// watchdog process (`sh`) is started with its stdin on a pipe whose write end only this process
+/// holds (close-on-exec, so no child inherits it): however the test binary ends (exit, panic,
+/// SIGKILL), the kernel closes the pipe, the watchdog's `read` returns, and it SIGKILLs the
+/// members (by pid) and removes their temp dir.
+fn shared_etcd() -> &'static SharedEtcd {
+    ETCD.get_or_init(|| {
+        let cluster = EtcdCluster::start(1).unwrap_or_else(|e| panic!("{BACKEND_VAR}=etcd: {e}"));
+        let dir = cluster
+            .dir()
+            .expect("a running cluster has its dir")
+            .to_path_buf();
+        let pids = pids_with_arg_under(&dir);
+        assert!(
+            !pids.is_empty(),
+            "no etcd process found with a --data-dir under {}",
+            dir.display()
+        );
+        let watchdog = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"read -r _ ; kill -9 "$@" 2>/dev/null; sleep 0.2; rm -rf "$0""#)
+            .arg(&dir)
+            .args(pids.iter().map(u32::to_string))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start the etcd watchdog (sh)");
+        let base = format!("etcd://{}", cluster.endpoints().join(","));
+        SharedEtcd {
+            base,
+            state: tempfile::tempdir().unwrap(),
+            cluster,
+            _watchdog: watchdog,
+        }
+    })
+}
+
+/// Pids of processes with a command-line argument under `dir` (the etcd members' data dirs).
+fn pids_with_arg_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg.starts_with(needle))
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A private directory holding one store: a file store under it, or on etcd a fresh prefix
+/// (the directory then is the commands' `XAI_STATE_DIR`).
 pub struct Env {
     pub dir: TempDir,
+    /// The file's path, or `etcd://127.0.0.1:PORT/t<unique>`.
     pub store: PathBuf,
 }
 
 impl Env {
+    /// A fresh store on the backend of this run.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("keys").join("api_keys.json");
+        let store = if etcd_backend() {
+            let n = PREFIX_SEQ.fetch_add(1, Ordering::Relaxed);
+            PathBuf::from(format!(
+                "{}/t{}-{n}",
+                shared_etcd().base,
+                std::process::id()
+            ))
+        } else {
+            dir.path().join("keys").join("api_keys.json")
+        };
         Env { dir, store }
     }
 
+    /// A fresh file store, or `None` on etcd: for tests about file mechanics (permissions,
+    /// torn writes, crash recovery of files, disk full, files edited under a process), which
+    /// have no etcd counterpart. Use as `let Some(env) = Env::file_only() else { return };`.
+    pub fn file_only() -> Option<Self> {
+        if etcd_backend() {
+            None
+        } else {
+            Some(Env::new())
+        }
+    }
+
+    /// Whether this store is on etcd.
+    pub fn is_etcd(&self) -> bool {
+        self.store.to_string_lossy().starts_with("etcd://")
+    }
+
+    /// The audit log: `<store>.log` for files; on etcd its name in messages,
+    /// `etcd://…/prefix/log/` (not a file: read events with `xai-keys events`).
     pub fn log(&self) -> PathBuf {
         let mut s = self.store.clone().into_os_string();
-        s.push(".log");
+        if self.is_etcd() {
+            s.push("/log/");
+        } else {
+            s.push(".log");
+        }
         PathBuf::from(s)
     }
 
-    /// `xai-keys --store <store> -o json …` with every XAI_* variable removed.
+    /// How messages name the store: its path, or its URL.
+    pub fn label(&self) -> String {
+        self.store.display().to_string()
+    }
+
+    /// `xai-keys --store <store> -o json …` with every XAI_* variable removed (on etcd,
+    /// `XAI_STATE_DIR` is this Env's directory).
     pub fn cmd(&self) -> Command {
         let mut c = base_cmd();
+        if self.is_etcd() {
+            c.env("XAI_STATE_DIR", self.dir.path());
+        }
         c.arg("--store").arg(&self.store).arg("-o").arg("json");
         c
     }
 
+    /// Every audit line, oldest first, via `xai-keys events` (the log file or the etcd log).
+    pub fn events(&self) -> Vec<Value> {
+        let v = self.ok(&["events", "--limit", "10000"]);
+        v.as_array()
+            .unwrap_or_else(|| panic!("events is not a JSON array: {v}"))
+            .clone()
+    }
+
+    /// The base name of this machine's own files (webhook queue, usage, cursors): the store
+    /// file itself, or on etcd `<XAI_STATE_DIR>/etcd_<prefix>` (this Env's directory).
+    pub fn local_base(&self) -> PathBuf {
+        match self.etcd_prefix() {
+            Some(prefix) => self
+                .dir
+                .path()
+                .join(format!("etcd{}", prefix.replace('/', "_"))),
+            None => self.store.clone(),
+        }
+    }
+
+    /// On etcd, the store's key prefix (`/t…`, without the trailing slash).
+    pub fn etcd_prefix(&self) -> Option<String> {
+        let url = self.store.to_str()?.strip_prefix("etcd://")?;
+        url.find('/').map(|i| url[i..].to_string())
+    }
+
+    /// `etcdctl ARGS` against the shared cluster (etcd runs only); returns stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        assert!(self.is_etcd(), "etcdctl on a file store");
+        shared_etcd()
+            .cluster
+            .etcdctl(args)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Everything the store holds, as text: the store file and its log (each empty when
+    /// missing), or every key and value under the etcd prefix. For "never persisted" and
+    /// "nothing changed" checks that hold on both backends.
+    pub fn persisted(&self) -> String {
+        match self.etcd_prefix() {
+            Some(prefix) => self.etcdctl(&["get", "--prefix", &format!("{prefix}/")]),
+            None => {
+                let store = std::fs::read_to_string(&self.store).unwrap_or_default();
+                let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+                format!("{store}\n--- log ---\n{log}")
+            }
+        }
+    }
+
+    /// Whether nothing of the store was created: not even the file store's directory, or no key
+    /// under the etcd prefix.
+    pub fn nothing_created(&self) -> bool {
+        if self.is_etcd() {
+            !self.store_exists()
+        } else {
+            !self.store.parent().unwrap().exists()
+        }
+    }
+
+    /// Whether anything of the store exists: its file or its log, or any key under the prefix.
+    pub fn store_exists(&self) -> bool {
+        match self.etcd_prefix() {
+            Some(prefix) => !self
+                .etcdctl(&["get", "--prefix", "--keys-only", &format!("{prefix}/")])
+                .trim()
+                .is_empty(),
+            None => self.store.exists() || self.log().exists(),
+        }
+    }
     /// Runs and asserts exit 0; parses stdout as JSON.
     pub fn ok(&self, args: &[&str]) -> Value {
         let out = self.cmd().args(args).output().unwrap();
@@ -87,12 +294,17 @@ impl Env {
 }
 
 /// The binary with a clean environment (no XAI_* leaking in from the machine).
+/// On an etcd run, `XAI_STATE_DIR` is a temp dir shared by the binary ([`Env::cmd`] sets the
+/// Env's own), so no command writes its state files into the working directory.
 pub fn base_cmd() -> Command {
     let mut c = Command::new(BIN);
     for (k, _) in std::env::vars() {
         if k.starts_with("XAI_") {
             c.env_remove(k);
         }
+    }
+    if etcd_backend() {
+        c.env("XAI_STATE_DIR", shared_etcd().state.path());
     }
     c
 }
@@ -138,7 +350,11 @@ impl Env {
     /// `xai-keys --store … -o json serve --listen 127.0.0.1:0 ARGS` with a clean environment
     /// plus `vars`, not started.
     pub fn serve_cmd(&self, args: &[&str], vars: &[(&str, &str)]) -> std::process::Command {
-        serve_cmd_on(&self.store, args, vars)
+        let mut c = serve_cmd_on(&self.store, args, vars);
+        if self.is_etcd() {
+            c.env("XAI_STATE_DIR", self.dir.path());
+        }
+        c
     }
 
     /// Starts a gateway on this store and waits (bounded) until it listens.
@@ -154,6 +370,9 @@ pub fn serve_cmd_on(store: &Path, args: &[&str], vars: &[(&str, &str)]) -> std::
         if k.starts_with("XAI_") {
             c.env_remove(k);
         }
+    }
+    if etcd_backend() {
+        c.env("XAI_STATE_DIR", shared_etcd().state.path());
     }
     c.arg("--store")
         .arg(store)

@@ -12,10 +12,13 @@ use crate::common::*;
 const PROCS: usize = 6;
 const PER_PROC: usize = 15;
 
+/// Every audit line, via `xai-keys events` (the log file or the etcd log alike).
 fn log_events(env: &Env) -> Vec<serde_json::Map<String, Value>> {
-    read(&env.log())
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+    let v = env.ok(&["events", "--limit", "10000"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_object().unwrap().clone())
         .collect()
 }
 
@@ -105,6 +108,9 @@ fn race(env: &Env, n: usize, args: &[&str]) -> Vec<(i32, Value, String)> {
                 if k.starts_with("XAI_") {
                     c.env_remove(k);
                 }
+            }
+            if env.is_etcd() {
+                c.env("XAI_STATE_DIR", env.dir.path());
             }
             c.arg("--store")
                 .arg(&env.store)

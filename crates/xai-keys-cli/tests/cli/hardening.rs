@@ -190,30 +190,32 @@ fn shipped_hashes(out: &Path) -> Vec<String> {
 }
 
 fn log_hashes(env: &Env) -> Vec<String> {
-    read(&env.log())
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            v["hash"].as_str().unwrap().to_string()
-        })
+    env.events()
+        .iter()
+        .map(|v| v["hash"].as_str().unwrap().to_string())
         .collect()
 }
 
 /// Waits (≤ 10 s) until the shipper has written every log line and saved its cursor there.
 fn wait_caught_up(env: &Env, cursor: &Path, out: &Path, want: usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let log_len = std::fs::metadata(env.log()).unwrap().len();
+    // The file cursor holds the log's byte offset; on etcd, the last line's hash says it all.
+    let log_len = (!env.is_etcd()).then(|| std::fs::metadata(env.log()).unwrap().len());
+    let last_hash = log_hashes(env).pop();
     loop {
-        let at = std::fs::read(cursor)
+        let saved = std::fs::read(cursor)
             .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v["offset"].as_u64());
-        if shipped_hashes(out).len() >= want && at == Some(log_len) {
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        let at_end = match log_len {
+            Some(len) => saved.as_ref().and_then(|v| v["offset"].as_u64()) == Some(len),
+            None => saved.as_ref().and_then(|v| v["last_hash"].as_str()) == last_hash.as_deref(),
+        };
+        if shipped_hashes(out).len() >= want && at_end {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "shipper did not catch up: {} of {want} lines, cursor at {at:?} of {log_len}",
+            "shipper did not catch up: {} of {want} lines, cursor {saved:?}, log {log_len:?} bytes, last hash {last_hash:?}",
             shipped_hashes(out).len()
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -391,7 +393,7 @@ fn lockdown_from_the_cli_is_enforced_by_a_running_gateway_within_a_second() {
         .unwrap();
     assert!(st.success());
     until("loopback fenced out of /admin/*", || admin_list() == 403);
-    let log = read(&env.log());
+    let log = serde_json::to_string(&env.events()).unwrap();
     assert!(log.contains("\"lockdown_on\"") && log.contains("\"lockdown_off\""));
     assert_eq!(env.verify().0, 0);
 
@@ -481,20 +483,17 @@ fn environment_keys_are_used_listed_refused_for_revoke_and_imported() {
     assert!(!stderr.contains(ENV_USER), "{stderr}");
 
     // import-env: a dry run writes nothing, then one audited commit with expiring keys.
-    let lines_before = read(&env.log()).lines().count();
+    let lines_before = env.events().len();
     let (code, v, stderr) = with_env(&["import-env", "--dry-run"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(v["keys"][0]["result"], "would_import");
-    assert_eq!(read(&env.log()).lines().count(), lines_before);
+    assert_eq!(env.events().len(), lines_before);
     let (code, v, stderr) = with_env(&["import-env", "--ttl-days", "30"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(v["keys"][0]["result"], "imported");
     assert!(v["keys"][0]["expires_at"].as_f64().is_some(), "{v}");
     assert_eq!(v["keys"][1]["label"], "env:XAI_API_ADMIN_TOKEN#1");
-    let log: Vec<Value> = read(&env.log())
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let log = env.events();
     let imported: Vec<&Value> = log[lines_before..].iter().collect();
     assert_eq!(imported.len(), 2);
     assert!(
@@ -502,7 +501,7 @@ fn environment_keys_are_used_listed_refused_for_revoke_and_imported() {
             .iter()
             .all(|l| l["action"] == "issue" && l["origin"] == "env")
     );
-    assert!(!read(&env.log()).contains(ENV_USER));
+    assert!(!env.persisted().contains(ENV_USER));
 
     // Now the store's: revoking works, and the gateway refuses the key although its
     // environment still has it.

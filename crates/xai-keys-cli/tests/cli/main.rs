@@ -8,6 +8,7 @@ mod crash;
 mod crash_gateway;
 mod diskfull;
 mod fixtures;
+mod fleet;
 mod hardening;
 mod operator;
 mod peer;

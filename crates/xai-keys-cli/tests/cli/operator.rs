@@ -120,7 +120,7 @@ fn plaintext_stdin_json_keeps_the_reference_field_order() {
 /// table they must neither drive the terminal (ESC sequences, bidi overrides) nor forge rows.
 #[test]
 fn tables_escape_terminal_control_characters_from_the_store_and_log() {
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     let (a, b) = (hex_id('a'), hex_id('b'));
     let store = format!(
         r#"{{
@@ -193,7 +193,7 @@ fn events_table_keeps_columns_aligned_with_long_and_wide_labels() {
 /// With `-o json`, every error on stderr is one JSON object — `verify` failures included.
 #[test]
 fn verify_failure_with_json_output_prints_a_json_error() {
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     env.issue("user", "a");
     chmod(&env.store, 0o666);
     let err = env.fails(&["verify"], 1);
@@ -231,7 +231,7 @@ fn backup_of_a_missing_store_is_refused_and_creates_nothing() {
     assert!(msg.contains(env.store.to_str().unwrap()), "{msg}");
     assert!(msg.contains("--store"), "{msg}");
     assert!(!out_dir.exists());
-    assert!(!env.store.parent().unwrap().exists());
+    assert!(env.nothing_created());
 }
 
 /// `not_found` and friends say which store was searched (a wrong XAI_API_KEY_STORE is the usual
@@ -293,7 +293,7 @@ fn table_output_names_the_store_for_every_command() {
         "{}",
         stderr_of(&out)
     );
-    assert!(!fresh.store.parent().unwrap().exists());
+    assert!(fresh.nothing_created());
 }
 
 /// A bad `--reason` is reported as the reason, not as a "label".
@@ -365,7 +365,7 @@ fn secrets_are_not_read_from_a_terminal() {
             "{text}"
         );
     }
-    assert!(!env.store.parent().unwrap().exists());
+    assert!(env.nothing_created());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,7 +399,7 @@ fn restore_refuses_a_backup_whose_store_was_edited_and_manifest_recomputed() {
 /// writers refuse (a write would start a fresh chain and hide the erasure) until `verify --adopt`.
 #[test]
 fn verify_detects_an_emptied_audit_log() {
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     env.issue("user", "a");
     std::fs::write(env.log(), "").unwrap();
     let (code, rep) = env.verify();
@@ -474,7 +474,7 @@ fn root_running_issue_leaves_the_store_with_its_owner() {
         return;
     }
     let (uid, gid) = nobody_ids();
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     env.issue("user", "first");
     let keys_dir = env.store.parent().unwrap();
     chown_tree(keys_dir, uid, gid);
@@ -523,7 +523,7 @@ fn running_as_root() -> bool {
 /// `chmod 600` on a directory would lock the service out: directories get `chmod 700`.
 #[test]
 fn an_insecure_directory_is_fixed_with_chmod_700() {
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     env.issue("user", "a");
     let dir = env.store.parent().unwrap();
     chmod(dir, 0o777);
@@ -549,7 +549,7 @@ fn an_insecure_directory_is_fixed_with_chmod_700() {
 /// warned about when they can read it.
 #[test]
 fn list_refuses_a_directory_writable_by_others_and_warns_when_readable() {
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     env.issue("user", "a");
     let dir = env.store.parent().unwrap();
     chmod(dir, 0o770);
@@ -570,7 +570,7 @@ fn list_refuses_a_directory_writable_by_others_and_warns_when_readable() {
 /// A corrupt store fails `verify` without the advice to adopt it.
 #[test]
 fn verify_of_a_corrupt_store_does_not_suggest_adopting_it() {
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     env.issue("user", "a");
     std::fs::write(&env.store, "{\"cut\": ").unwrap();
     let (code, rep) = env.verify();
@@ -674,7 +674,7 @@ fn hold_lock(lock: &Path, secs: u32) -> Option<std::process::Child> {
 /// and `XAI_API_KEY_LOCK_TIMEOUT_SECS` bounds the wait.
 #[test]
 fn a_writer_waiting_for_the_lock_says_so_and_honours_the_timeout_variable() {
-    let env = Env::new();
+    let Some(env) = Env::file_only() else { return };
     env.issue("user", "a");
     let lock = lock_path(&env);
     let Some(mut holder) = hold_lock(&lock, 5) else {
@@ -747,5 +747,5 @@ fn an_invalid_lock_timeout_is_refused_naming_the_variable() {
             "{v}"
         );
     }
-    assert!(!env.store.parent().unwrap().exists());
+    assert!(env.nothing_created());
 }

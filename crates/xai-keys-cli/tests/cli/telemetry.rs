@@ -304,7 +304,7 @@ fn the_encrypted_queue_refuses_a_wrong_or_missing_key_at_startup() {
     sink.wait("an event", Duration::from_secs(5), |b| !b.is_empty());
     let (status, _) = gw.terminate();
     assert!(status.success());
-    let mut queue = env.store.clone().into_os_string();
+    let mut queue = env.local_base().into_os_string();
     queue.push(".webhook-queue");
     let bytes = std::fs::read(&queue).unwrap();
     assert!(

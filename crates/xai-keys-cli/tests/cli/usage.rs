@@ -33,7 +33,8 @@ fn usage_path(env: &Env) -> std::path::PathBuf {
 
 #[test]
 fn list_shows_last_use_in_json_and_table() {
-    let env = Env::new();
+    // Usage is recorded through the core's FileStore (`record`): files only.
+    let Some(env) = Env::file_only() else { return };
     let (_, used) = env.issue("user", "used-svc");
     let (_, idle) = env.issue("user", "idle-svc");
     let t = xai_keys_core::now_epoch() - 60.0;
@@ -79,7 +80,8 @@ fn list_shows_last_use_in_json_and_table() {
 
 #[test]
 fn list_works_with_an_unreadable_usage_file() {
-    let env = Env::new();
+    // Usage is recorded through the core's FileStore (`record`): files only.
+    let Some(env) = Env::file_only() else { return };
     let (_, id) = env.issue("user", "svc");
     std::fs::write(usage_path(&env), b"{ torn").unwrap();
     let out = env.cmd().arg("list").output().unwrap();
@@ -95,7 +97,8 @@ fn list_works_with_an_unreadable_usage_file() {
 
 #[test]
 fn revoke_if_idle_refuses_a_recent_key_and_allows_an_idle_one() {
-    let env = Env::new();
+    // Usage is recorded through the core's FileStore (`record`): files only.
+    let Some(env) = Env::file_only() else { return };
     let (_, id) = env.issue("user", "svc");
     record(&env, &id, xai_keys_core::now_epoch() - 60.0, 3);
 
@@ -131,7 +134,8 @@ fn revoke_if_idle_refuses_a_recent_key_and_allows_an_idle_one() {
 
 #[test]
 fn events_for_a_key_end_with_its_last_use() {
-    let env = Env::new();
+    // Usage is recorded through the core's FileStore (`record`): files only.
+    let Some(env) = Env::file_only() else { return };
     let (_, id) = env.issue("user", "svc");
     let (_, other) = env.issue("user", "other");
     record(&env, &id, xai_keys_core::now_epoch() - 120.0, 4);

@@ -308,6 +308,46 @@ impl<'a> KeyManager<'a> {
         })
     }
 
+    /// Issues `req` only if the store holds no key when the commit applies: decided inside
+    /// the commit, so that of several gateways starting together on one new shared store
+    /// (fleet mode), exactly one generates the first admin key. `None`: keys appeared first.
+    pub fn issue_if_empty(
+        &self,
+        req: IssueRequest,
+        actor: &Actor,
+        now: f64,
+    ) -> Result<Option<IssuedKey>> {
+        let label = check_label(&req.label)?;
+        let (plaintext, origin) = match req.secret {
+            Some(s) => (s, Origin::Supplied),
+            None => (PlainToken::generate()?, Origin::Generated),
+        };
+        let (record, clamped) = self.new_record(req.scope, label, req.ttl, origin, now)?;
+        let id = plaintext.key_id();
+        let mut issued = false;
+        self.commit(actor, now, &mut |keys: &mut KeyMap| {
+            issued = keys.is_empty();
+            if !issued {
+                return Ok(Vec::new());
+            }
+            keys.insert(id.clone(), record.clone());
+            Ok(vec![issue_draft(&id, &record)])
+        })?;
+        if !issued {
+            return Ok(None);
+        }
+        let state = record.state(now);
+        Ok(Some(IssuedKey {
+            plaintext,
+            info: KeyInfo {
+                key_id: id,
+                record,
+                state,
+            },
+            clamped,
+        }))
+    }
+
     /// Adds a new key in one commit, refusing to overwrite an existing id.
     fn insert_new(&self, id: KeyId, record: KeyRecord, actor: &Actor, now: f64) -> Result<KeyInfo> {
         self.commit(actor, now, &mut |keys: &mut KeyMap| {

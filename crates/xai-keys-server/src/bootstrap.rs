@@ -69,7 +69,9 @@ pub fn bootstrap(
     if !auto {
         return Ok(Bootstrap::Skipped);
     }
-    let issued = mgr.issue(
+    // Emptiness is checked again inside the commit: gateways starting together on one new
+    // shared store (etcd) generate one admin key between them, not one each.
+    match mgr.issue_if_empty(
         IssueRequest {
             scope: Scope::Admin,
             label: AUTO_LABEL.into(),
@@ -78,6 +80,8 @@ pub fn bootstrap(
         },
         &actor,
         now,
-    )?;
-    Ok(Bootstrap::Generated(issued))
+    )? {
+        Some(issued) => Ok(Bootstrap::Generated(issued)),
+        None => Ok(Bootstrap::NotNeeded),
+    }
 }

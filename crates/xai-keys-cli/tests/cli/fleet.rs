@@ -1445,3 +1445,32 @@ fn migration_from_a_file_store_with_chain_verification() {
     let out = other_cli().arg("verify").output().unwrap();
     assert_exit(&out, 0, &["verify other"]);
 }
+
+/// Three gateways started at once on a new, empty etcd store, each allowed to generate the
+/// first admin key: the emptiness check is inside the commit, so exactly one does.
+#[test]
+fn gateways_starting_together_on_a_new_store_generate_one_admin_key() {
+    let f = Fleet::new("fresh");
+    let states: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let handles: Vec<_> = states
+        .iter()
+        .map(|s| {
+            let cmd = serve_cmd_on(
+                Path::new(&f.url),
+                &["--upstream", &f.upstream],
+                &[("XAI_STATE_DIR", s.path().to_str().unwrap())],
+            );
+            std::thread::spawn(move || Gateway::start(cmd))
+        })
+        .collect();
+    let gws: Vec<Gateway> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ids = f.cli_ids();
+    assert_eq!(ids.len(), 1, "one admin key for the fleet, got {ids:?}");
+    let generated = gws
+        .iter()
+        .filter(|g| g.stderr().contains("so an admin key was generated"))
+        .count();
+    assert_eq!(generated, 1, "exactly one gateway prints a generated key");
+    let issues = f.events().iter().filter(|e| e["action"] == "issue").count();
+    assert_eq!(issues, 1, "one audited issue");
+}

@@ -1369,14 +1369,7 @@ impl KeyStore for EtcdStore {
                 (None, None) => return Ok(None),
                 _ => {}
             }
-            let op = match &value {
-                Some(v) => TxnOp::put(key.clone(), v.clone(), None),
-                None => TxnOp::delete(key.clone(), None),
-            };
-            Ok(Some(Step {
-                drafts: vec![draft.clone()],
-                ops: vec![op],
-            }))
+            Ok(Some(record_step(&key, value.as_deref(), &draft)))
         })
     }
 
@@ -1406,15 +1399,20 @@ impl KeyStore for EtcdStore {
             if value.is_none() && st.raw.lockdown.is_none() {
                 return Ok(None);
             }
-            let op = match &value {
-                Some(v) => TxnOp::put(key.clone(), v.clone(), None),
-                None => TxnOp::delete(key.clone(), None),
-            };
-            Ok(Some(Step {
-                drafts: vec![draft.clone()],
-                ops: vec![op],
-            }))
+            Ok(Some(record_step(&key, value.as_deref(), &draft)))
         })
+    }
+}
+
+/// A state record written (`Some`) or removed (`None`) with its audit line.
+fn record_step(key: &str, value: Option<&[u8]>, draft: &AuditDraft) -> Step {
+    let op = match value {
+        Some(v) => TxnOp::put(key, v.to_vec(), None),
+        None => TxnOp::delete(key, None),
+    };
+    Step {
+        drafts: vec![draft.clone()],
+        ops: vec![op],
     }
 }
 

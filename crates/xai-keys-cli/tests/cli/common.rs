@@ -6,8 +6,8 @@
 //! once per test binary); tests about file mechanics opt out with [`Env::file_only`].
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -655,7 +655,8 @@ fn parse_reply(raw: &[u8]) -> Option<Reply> {
     })
 }
 
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+/// Decodes a chunked HTTP body (`None` when cut short or malformed).
+pub fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let eol = rest.windows(2).position(|w| w == b"\r\n")?;
@@ -667,5 +668,62 @@ fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(rest.get(..size)?);
         rest = rest.get(size + 2..)?;
+    }
+}
+
+/// What [`start_upstream`]'s stand-in node answers.
+pub const UPSTREAM_BODY: &str = r#"{"success":true}"#;
+
+/// A keep-alive HTTP/1.1 stand-in node on 127.0.0.1 answering 200 [`UPSTREAM_BODY`] to
+/// everything; its address.
+pub fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = upstream_conn(conn);
+            });
+        }
+    });
+    addr
+}
+
+fn upstream_conn(conn: TcpStream) -> std::io::Result<()> {
+    conn.set_nodelay(true)?;
+    let mut w = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{UPSTREAM_BODY}",
+        UPSTREAM_BODY.len()
+    );
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let t = line.trim_end();
+            if t.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = t.split_once(':')
+                && k.trim().eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        if length > 0 {
+            let mut body = vec![0u8; length];
+            r.read_exact(&mut body)?;
+        }
+        w.write_all(answer.as_bytes())?;
     }
 }

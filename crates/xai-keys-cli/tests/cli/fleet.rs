@@ -19,8 +19,8 @@
 //! valid key gets 200, an unknown or revoked one 401. Every wait is bounded.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -42,63 +42,9 @@ const UNKNOWN: u16 = 401;
 const PROPAGATION: Duration = Duration::from_secs(1);
 /// Bound of one HTTP exchange in this file (connect, write, read).
 const IO: Duration = Duration::from_secs(5);
-/// The stand-in node's answer.
-const UPSTREAM_BODY: &str = r#"{"success":true}"#;
 
 // ---------------------------------------------------------------------------------------------
-// The stand-in node and a non-panicking HTTP client
-
-/// A keep-alive HTTP/1.1 server on 127.0.0.1 answering 200 to everything; its URL.
-fn start_upstream() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let _ = upstream_conn(conn);
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
-fn upstream_conn(conn: TcpStream) -> std::io::Result<()> {
-    let mut w = conn.try_clone()?;
-    let mut r = BufReader::new(conn);
-    let answer = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{UPSTREAM_BODY}",
-        UPSTREAM_BODY.len()
-    );
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            if r.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let t = line.trim_end();
-            if t.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = t.split_once(':')
-                && k.trim().eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        if length > 0 {
-            let mut body = vec![0u8; length];
-            r.read_exact(&mut body)?;
-        }
-        w.write_all(answer.as_bytes())?;
-    }
-}
+// A non-panicking HTTP client (the stand-in node is `common::start_upstream`)
 
 /// One exchange over a fresh connection: `(status, body as JSON or Null)`, or why it failed.
 fn call(
@@ -141,21 +87,6 @@ fn call(
         rest = dechunk(&rest).ok_or("bad chunked body")?;
     }
     Ok((status, serde_json::from_slice(&rest).unwrap_or(Value::Null)))
-}
-
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = rest.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&rest[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
-    }
 }
 
 /// The status of [`ROUTE`] with `key`, or why the exchange failed.
@@ -303,7 +234,7 @@ impl Fleet {
             gws: Vec::new(),
             cluster,
             url,
-            upstream: start_upstream(),
+            upstream: format!("http://{}", start_upstream()),
             cli_state: tempfile::tempdir().unwrap(),
             gw_states: Vec::new(),
             admin: String::new(),

@@ -43,7 +43,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,62 +77,10 @@ const ROUTE: &str = "/wallet/balance";
 const FD_SLACK: i64 = 16;
 const RSS_SLACK_KIB: i64 = 8 * 1024;
 /// The stand-in node's answer.
-const UPSTREAM_BODY: &str = r#"{"success":true}"#;
+use crate::common::{UPSTREAM_BODY, start_upstream};
 
 // ---------------------------------------------------------------------------------------------
 // A keep-alive stand-in node and a keep-alive HTTP/1.1 client
-
-fn start_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let _ = upstream_conn(conn);
-            });
-        }
-    });
-    addr
-}
-
-fn upstream_conn(conn: TcpStream) -> std::io::Result<()> {
-    conn.set_nodelay(true)?;
-    let mut w = conn.try_clone()?;
-    let mut r = BufReader::new(conn);
-    let answer = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{UPSTREAM_BODY}",
-        UPSTREAM_BODY.len()
-    );
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            if r.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let t = line.trim_end();
-            if t.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = t.split_once(':')
-                && k.trim().eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        if length > 0 {
-            let mut body = vec![0u8; length];
-            r.read_exact(&mut body)?;
-        }
-        w.write_all(answer.as_bytes())?;
-    }
-}
 
 struct Resp {
     status: u16,

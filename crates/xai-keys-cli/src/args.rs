@@ -11,8 +11,9 @@ use xai_keys_core::Scope;
 #[command(name = "xai-keys", version, propagate_version = true)]
 pub struct Cli {
     /// Key store file [env: XAI_API_KEY_STORE, alias XAI_API_KEY_STORE_PATH]
-    /// [default: ./secure_keys/api_keys.json]. The audit log is `<store>.log`.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// [default: ./secure_keys/api_keys.json]. The audit log is `<store>.log`. Or a store shared
+    /// by a fleet on etcd: etcd://host:port[,host:port…]/prefix (etcds:// for TLS; XAI_ETCD_*).
+    #[arg(long, global = true, value_name = "PATH|URL")]
     pub store: Option<PathBuf>,
 
     /// Output format: a table for people, JSON for automation (auto = table on a terminal).

@@ -1076,3 +1076,229 @@ fn etcd_authentication() {
         Ok(_) => panic!("a store outside the user's permissions opened"),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS (etcds://) with client certificates
+
+/// Runs `openssl` with `args` in `dir`, failing the test with its stderr.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (Debian's openssl package) is needed for the TLS test");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, signed by the CA.
+fn make_pki(dir: &Path) {
+    let days = ["-days", "2"];
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=xai-test-ca",
+            days[0],
+            days[1],
+        ],
+    );
+    for (name, usage) in [
+        ("server", "serverAuth,clientAuth"),
+        ("client", "clientAuth"),
+    ] {
+        let csr = format!("{name}.csr");
+        let key = format!("{name}.key");
+        let pem = format!("{name}.pem");
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            dir.join(&ext),
+            format!("subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"),
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN=xai-test-{name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-extfile",
+                &ext,
+                days[0],
+                days[1],
+            ],
+        );
+    }
+    // A second CA that signed nothing here: trusting it must fail.
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-subj",
+            "/CN=other-ca",
+            days[0],
+            days[1],
+        ],
+    );
+}
+
+/// One etcd member serving clients over TLS only, requiring client certificates.
+struct TlsMember(std::process::Child, tempfile::TempDir);
+
+impl Drop for TlsMember {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path();
+    make_pki(pki);
+    let (client, peer) = (xai_keys_testkit::free_port(), xai_keys_testkit::free_port());
+    let client_url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let log = std::fs::File::create(pki.join("etcd.log")).unwrap();
+    let child = std::process::Command::new(
+        std::env::var("XAI_TEST_ETCD_BIN").unwrap_or_else(|_| "etcd".into()),
+    )
+    .args(["--name", "tls0", "--data-dir"])
+    .arg(pki.join("data"))
+    .args([
+        "--listen-client-urls",
+        &client_url,
+        "--advertise-client-urls",
+        &client_url,
+    ])
+    .args([
+        "--listen-peer-urls",
+        &peer_url,
+        "--initial-advertise-peer-urls",
+        &peer_url,
+    ])
+    .args(["--initial-cluster", &format!("tls0={peer_url}")])
+    .arg("--cert-file")
+    .arg(pki.join("server.pem"))
+    .arg("--key-file")
+    .arg(pki.join("server.key"))
+    .arg("--trusted-ca-file")
+    .arg(pki.join("ca.pem"))
+    .arg("--client-cert-auth")
+    .args(["--logger", "zap", "--log-outputs", "stderr"])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(log)
+    .spawn()
+    .expect("start etcd");
+    let member = TlsMember(child, dir);
+    let pki = member.1.path();
+    let path = |f: &str| pki.join(f).to_str().unwrap().to_string();
+    let url = format!("etcds://127.0.0.1:{client}/tls");
+    let (ca, cert, key, other) = (
+        path("ca.pem"),
+        path("client.pem"),
+        path("client.key"),
+        path("other.pem"),
+    );
+    let good = [
+        ("XAI_ETCD_CA_FILE", ca.as_str()),
+        ("XAI_ETCD_CERT_FILE", cert.as_str()),
+        ("XAI_ETCD_KEY_FILE", key.as_str()),
+        ("XAI_ETCD_TIMEOUT", "2s"),
+    ];
+    // The member takes a moment to serve: retry the open (bounded).
+    let mut store = None;
+    let started = Instant::now();
+    while store.is_none() && started.elapsed() < Duration::from_secs(20) {
+        match try_open_url(&url, &good, true) {
+            Ok(s) => store = Some(s),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    let store = store.unwrap_or_else(|| {
+        panic!(
+            "no TLS connection within 20 s; etcd log:\n{}",
+            std::fs::read_to_string(pki.join("etcd.log")).unwrap_or_default()
+        )
+    });
+    // The whole path works over TLS: a commit, the watched copy, verify.
+    let k = issue(&store, "over-tls");
+    wait_for(Duration::from_secs(2), "the watched copy over TLS", || {
+        key_ids(&store).contains(&k.info.key_id.to_string())
+    });
+    assert_verify_ok(&store);
+    assert!(is_live(&store));
+
+    // Without a client certificate the member refuses the connection.
+    let no_cert = [
+        ("XAI_ETCD_CA_FILE", ca.as_str()),
+        ("XAI_ETCD_TIMEOUT", "2s"),
+    ];
+    let e = try_open_url(&url, &no_cert, false).unwrap_err();
+    assert_eq!(e.code(), "store_unavailable", "{e}");
+    // A CA that did not sign the member's certificate is not trusted.
+    let wrong_ca = [
+        ("XAI_ETCD_CA_FILE", other.as_str()),
+        ("XAI_ETCD_CERT_FILE", cert.as_str()),
+        ("XAI_ETCD_KEY_FILE", key.as_str()),
+        ("XAI_ETCD_TIMEOUT", "2s"),
+    ];
+    let e = try_open_url(&url, &wrong_ca, false).unwrap_err();
+    assert_eq!(e.code(), "store_unavailable", "{e}");
+    // Plain etcd:// to a TLS port does not get through either.
+    let e = try_open_url(
+        &format!("etcd://127.0.0.1:{client}/tls"),
+        &[("XAI_ETCD_TIMEOUT", "2s")],
+        false,
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), "store_unavailable", "{e}");
+    // etcds:// without a CA is a configuration error, before any connection.
+    let e = try_open_url(&url, &[], false).unwrap_err();
+    assert!(e.to_string().contains("XAI_ETCD_CA_FILE"), "{e}");
+}

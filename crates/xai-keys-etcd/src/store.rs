@@ -291,17 +291,6 @@ pub(crate) async fn range_all(
     Ok((out, rev))
 }
 
-async fn get_at(
-    kv: &mut KvClient,
-    key: String,
-    rev: i64,
-) -> std::result::Result<Option<Vec<u8>>, etcd_client::Error> {
-    let r = kv
-        .get(key, Some(GetOptions::new().with_revision(rev)))
-        .await?;
-    Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
-}
-
 /// The last log entry at `rev`.
 pub(crate) async fn log_tail(
     kv: &mut KvClient,
@@ -322,30 +311,79 @@ pub(crate) async fn log_tail(
         .and_then(|kv| Some((layout.log_seq(kv.key())?, kv.value().to_vec()))))
 }
 
-/// One consistent read of everything that decides the keys.
+/// One consistent read of everything that decides the keys: one read-only transaction (a
+/// single linearizable round trip at one revision) for the head, the window, the lockdown, the
+/// last log line and the first page of records; further pages, if any, at the same revision.
 pub(crate) async fn read_raw(
     client: Client,
     layout: Layout,
 ) -> std::result::Result<RawState, etcd_client::Error> {
     let mut kv = client.kv_client();
-    // A linearizable read of the head fixes the revision everything else is read at.
-    let r = kv.get(layout.head(), None).await?;
+    let dir = layout.keys_dir();
+    let log_dir = layout.log_dir();
+    let txn = Txn::new().and_then(vec![
+        TxnOp::get(layout.head(), None),
+        TxnOp::get(layout.window(), None),
+        TxnOp::get(layout.lockdown(), None),
+        TxnOp::get(
+            log_dir.clone(),
+            Some(
+                GetOptions::new()
+                    .with_range(prefix_end(&log_dir))
+                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                    .with_limit(1),
+            ),
+        ),
+        TxnOp::get(
+            dir.clone(),
+            Some(
+                GetOptions::new()
+                    .with_range(prefix_end(&dir))
+                    .with_limit(PAGE),
+            ),
+        ),
+    ]);
+    let r = kv.txn(txn).await?;
     let rev = r.header().map_or(0, |h| h.revision());
-    let head = r
+    let mut gets = r.op_responses().into_iter().map(|op| match op {
+        etcd_client::TxnOpResponse::Get(g) => Some(g),
+        _ => None,
+    });
+    let mut next = || {
+        gets.next().flatten().ok_or_else(|| {
+            etcd_client::Error::InvalidArgs("the store read's transaction answered short".into())
+        })
+    };
+    let (head, window, lockdown, tail, first) = (next()?, next()?, next()?, next()?, next()?);
+    let head = head
         .kvs()
         .first()
         .map(|kv| (kv.value().to_vec(), kv.mod_revision()));
-    let dir = layout.keys_dir();
-    let (pairs, _) = range_all(kv.clone(), dir.as_bytes().to_vec(), prefix_end(&dir), rev).await?;
+    let window = window.kvs().first().map(|kv| kv.value().to_vec());
+    let lockdown = lockdown.kvs().first().map(|kv| kv.value().to_vec());
+    let tail = tail
+        .kvs()
+        .first()
+        .and_then(|kv| Some((layout.log_seq(kv.key())?, kv.value().to_vec())));
     let mut records = BTreeMap::new();
-    for (k, v) in pairs {
-        if let Some(id) = layout.key_id(&k) {
-            records.insert(id.to_string(), v);
+    let mut last_key = None;
+    for kv in first.kvs() {
+        if let Some(id) = layout.key_id(kv.key()) {
+            records.insert(id.to_string(), kv.value().to_vec());
+        }
+        last_key = Some(kv.key().to_vec());
+    }
+    if first.more()
+        && let Some(mut from) = last_key
+    {
+        from.push(0);
+        let (pairs, _) = range_all(kv.clone(), from, prefix_end(&dir), rev).await?;
+        for (k, v) in pairs {
+            if let Some(id) = layout.key_id(&k) {
+                records.insert(id.to_string(), v);
+            }
         }
     }
-    let window = get_at(&mut kv, layout.window(), rev).await?;
-    let lockdown = get_at(&mut kv, layout.lockdown(), rev).await?;
-    let tail = log_tail(&mut kv, &layout, rev).await?;
     Ok(RawState {
         rev,
         head,

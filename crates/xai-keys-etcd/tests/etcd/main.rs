@@ -1302,3 +1302,30 @@ fn tls_with_client_certificates() {
     let e = try_open_url(&url, &[], false).unwrap_err();
     assert!(e.to_string().contains("XAI_ETCD_CA_FILE"), "{e}");
 }
+
+/// More records than one range page (`PAGE`, 2,000): the consistent read pages at one
+/// revision, for a plain read and for a gateway's watched copy.
+#[test]
+fn stores_larger_than_one_page_read_whole_and_consistent() {
+    let c = cluster(1);
+    let url = c.url("big");
+    let big = open_url(&url, &[("XAI_ETCD_MAX_TXN_OPS", "4096")], false);
+    let first = issue(&big, "template");
+    let template = big.load(now()).unwrap().keys[&first.info.key_id].clone();
+    big.commit(&actor(), now(), &mut |keys: &mut KeyMap| {
+        for i in 0..2_500 {
+            keys.insert(
+                xai_keys_core::KeyId::of_plaintext(&format!("bulk-{i}")),
+                template.clone(),
+            );
+        }
+        Ok(vec![AuditDraft::new("bulk_add", None).with("keys", 2_500)])
+    })
+    .unwrap();
+    for s in [open_url(&url, &[], false), open_url(&url, &[], true)] {
+        let snap = s.load(now()).unwrap();
+        assert_eq!(snap.keys.len(), 2_501);
+        assert_eq!(snap.integrity, Integrity::Recorded);
+    }
+    assert_verify_ok(&open(&c, "big"));
+}

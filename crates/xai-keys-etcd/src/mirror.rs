@@ -130,6 +130,31 @@ impl Mirror {
         }
     }
 
+    /// Waits at most `limit` until the copy's version differs from `seen` (returns at once
+    /// when it already does). Without a `seen` version or a copy, it waits the whole `limit`:
+    /// a caller polling in a loop never spins. The gateway's reload thread waits here between
+    /// polls, so a change is indexed as soon as the watch delivers it.
+    pub(crate) fn wait_for_change(&self, seen: Option<&str>, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut sh = self.lock();
+        loop {
+            let current = sh.state.as_ref().map(|_| format!("etcd:{}", sh.generation));
+            if let (Some(seen), Some(current)) = (seen, current.as_deref())
+                && current != seen
+            {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            sh = match self.moved.wait_timeout(sh, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
     /// The last parsed state.
     pub(crate) fn state(&self) -> Option<Arc<State>> {
         self.lock().state.clone()

@@ -955,6 +955,13 @@ impl KeyStore for EtcdStore {
         Ok(StoreVersion(format!("etcd:{rev}")))
     }
 
+    fn wait_for_change(&self, seen: Option<&StoreVersion>, limit: Duration) {
+        match &self.mirror {
+            Some(m) => m.wait_for_change(seen.map(|v| v.0.as_str()), limit),
+            None => std::thread::sleep(limit),
+        }
+    }
+
     fn commit(&self, actor: &Actor, now: f64, change: &mut Change<'_>) -> Result<CommitInfo> {
         let info = self.transact(actor, now, true, &mut |_st, keys| {
             Ok(Some(Step {

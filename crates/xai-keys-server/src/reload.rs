@@ -275,6 +275,11 @@ impl IndexHandle {
         self
     }
 
+    /// The store version the index was last built from (`None`: rebuild at the next poll).
+    pub fn seen_version(&self) -> Option<StoreVersion> {
+        relock(&self.state).version.clone()
+    }
+
     /// The index to authenticate against (cheap; lock-free).
     pub fn load(&self) -> arc_swap::Guard<Arc<KeyIndex>> {
         self.current.load()
@@ -477,7 +482,9 @@ pub fn spawn_watcher(
         .name("xai-keys-store-watch".into())
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(interval);
+                // A backend that is told of changes (etcd's watched copy) wakes this early.
+                let seen = handle.seen_version();
+                store.wait_for_change(seen.as_ref(), interval);
                 handle.poll(store.as_ref(), clock());
             }
         })

@@ -193,6 +193,14 @@ pub trait KeyStore: Send + Sync {
     /// version *before* the load it describes, so a change in between is seen at the next poll.
     fn version(&self) -> Result<StoreVersion>;
 
+    /// Waits at most `limit` for the store to change from version `seen`, returning early when
+    /// the backend learns of a change (a watched copy that moved). A polling front end calls it
+    /// between polls instead of sleeping. The file store has no such signal: it sleeps.
+    fn wait_for_change(&self, seen: Option<&StoreVersion>, limit: std::time::Duration) {
+        let _ = seen;
+        std::thread::sleep(limit);
+    }
+
     /// Applies `change` atomically and durably, with its audit lines, as `actor` at `now`.
     fn commit(&self, actor: &Actor, now: f64, change: &mut Change<'_>) -> Result<CommitInfo>;
 

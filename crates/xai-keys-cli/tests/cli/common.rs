@@ -727,3 +727,61 @@ fn upstream_conn(conn: TcpStream) -> std::io::Result<()> {
         w.write_all(answer.as_bytes())?;
     }
 }
+
+/// One HTTP/1.1 exchange over a fresh connection; `Err` when the connection fails or closes
+/// before a complete response (the gateway was killed). `sent` gets the moment the whole
+/// request was written. Never panics: for tests that kill or stop what they talk to.
+pub fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    sent: Option<&Mutex<Option<Instant>>>,
+    timeout: Duration,
+) -> Result<(u16, Value), String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str("Content-Type: application/json\r\n");
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    if let Some(sent) = sent {
+        *sent.lock().unwrap() = Some(Instant::now());
+    }
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("{e} after {} bytes", raw.len()))?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("no complete response ({} bytes)", raw.len()))?;
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {head}"))?;
+    let mut rest = raw[end + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        rest = dechunk(&rest).ok_or_else(|| "a cut chunked body".to_string())?;
+    } else if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        && rest.len() < len
+    {
+        return Err(format!("a cut body: {} of {len} bytes", rest.len()));
+    }
+    Ok((status, serde_json::from_slice(&rest).unwrap_or(Value::Null)))
+}

@@ -23,8 +23,7 @@
 //! received); a kill after the response, or before the request left, is not counted.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Child;
@@ -33,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::common::{Gateway, etcd_backend, serve_cmd_on};
+use crate::common::{Gateway, etcd_backend, exchange, serve_cmd_on};
 use crate::crash::{self, Harness, Kill, Op, Phase, Rng, Run, field, lines_of, sibling};
 
 /// Gateway kills that must land while an admin call is in flight.
@@ -95,9 +94,7 @@ impl Gw {
     }
 }
 
-/// One HTTP/1.1 exchange over a fresh connection; `Err` when the connection fails or closes
-/// before a complete response (the gateway was killed). `sent` gets the moment the whole
-/// request was written.
+/// [`exchange`] with this file's time limit.
 fn request(
     addr: SocketAddr,
     method: &str,
@@ -106,63 +103,7 @@ fn request(
     body: Option<&str>,
     sent: Option<&Mutex<Option<Instant>>>,
 ) -> Result<(u16, Value), String> {
-    let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(HTTP_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str("Content-Type: application/json\r\n");
-        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    req.push_str("\r\n");
-    req.push_str(body.unwrap_or(""));
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    if let Some(sent) = sent {
-        *sent.lock().unwrap() = Some(Instant::now());
-    }
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("{e} after {} bytes", raw.len()))?;
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no complete response ({} bytes)", raw.len()))?;
-    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {head}"))?;
-    let mut rest = raw[end + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        rest = dechunk(&rest).ok_or_else(|| "a cut chunked body".to_string())?;
-    } else if let Some(len) = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        && rest.len() < len
-    {
-        return Err(format!("a cut body: {} of {len} bytes", rest.len()));
-    }
-    Ok((status, serde_json::from_slice(&rest).unwrap_or(Value::Null)))
-}
-
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = rest.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&rest[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
-    }
+    exchange(addr, method, path, headers, body, sent, HTTP_TIMEOUT)
 }
 
 /// What one round did.

@@ -19,8 +19,7 @@
 //! valid key gets 200, an unknown or revoked one 401. Every wait is bounded.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -54,39 +53,8 @@ fn call(
     key: Option<&str>,
     body: Option<&str>,
 ) -> Result<(u16, Value), String> {
-    let mut s = TcpStream::connect_timeout(&addr, IO).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(IO)).map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(IO)).map_err(|e| e.to_string())?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(k) = key {
-        req.push_str(&format!("X-API-Key: {k}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str("Content-Type: application/json\r\n");
-        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    req.push_str("\r\n");
-    req.push_str(body.unwrap_or(""));
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .map_err(|e| format!("read: {e} after {} bytes", raw.len()))?;
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no complete response ({} bytes)", raw.len()))?;
-    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {head}"))?;
-    let mut rest = raw[end + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        rest = dechunk(&rest).ok_or("bad chunked body")?;
-    }
-    Ok((status, serde_json::from_slice(&rest).unwrap_or(Value::Null)))
+    let headers: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
+    exchange(addr, method, path, &headers, body, None, IO)
 }
 
 /// The status of [`ROUTE`] with `key`, or why the exchange failed.

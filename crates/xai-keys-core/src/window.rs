@@ -170,6 +170,25 @@ pub fn close(
     Ok(store.set_change_window(actor, now, None, draft)?.map(|_| w))
 }
 
+/// The rule every backend's [`KeyStore::set_change_window`] applies, under its own
+/// serialisation, to the window it has recorded (`recorded`, open or not): `Ok(true)` record
+/// `requested`; `Ok(false)` nothing to do (closing when none is open at `now`); an open window
+/// refuses another open with [`Error::WindowOpen`].
+pub fn plan_change(
+    requested: Option<&ChangeWindow>,
+    recorded: Option<ChangeWindow>,
+    now: f64,
+) -> Result<bool> {
+    match (requested, recorded.filter(|w| w.is_open(now))) {
+        (Some(_), Some(open)) => Err(Error::WindowOpen {
+            ticket: open.ticket,
+            expires_at: open.expires_at,
+        }),
+        (None, None) => Ok(false),
+        _ => Ok(true),
+    }
+}
+
 /// The window open at `now`, if any.
 pub fn current(store: &dyn KeyStore, now: f64) -> Result<Option<ChangeWindow>> {
     Ok(store.change_window()?.filter(|w| w.is_open(now)))

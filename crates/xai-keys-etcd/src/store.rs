@@ -1271,22 +1271,41 @@ impl KeyStore for EtcdStore {
     }
 
     fn record_usage(&self, deltas: &UsageMap, live: &dyn Fn(&str) -> bool, now: f64) -> Result<()> {
-        let mut by_shard: BTreeMap<String, UsageMap> = BTreeMap::new();
-        // Every shard holding a key that is no longer live is rewritten too (the contract drops
-        // every such key, not only those in the shards this flush touches).
-        // A shard that does not parse is left to the merge below (which replaces it).
+        // One read of every shard (at most 256 keys): it finds the shards holding keys that are
+        // no longer live (the contract drops every such key, not only those in the shards this
+        // flush touches), and it is the first compare-and-swap attempt's state for every shard
+        // written; a shard is read again only when another gateway wrote it meanwhile.
         let kv = self.inner.client.kv_client();
         let dir = self.inner.layout.usage_dir();
-        let (pairs, _) = self.inner.bridge.run_read("read usage", move || {
-            let (kv, dir) = (kv.clone(), dir.clone());
-            async move { range_all(kv, dir.as_bytes().to_vec(), prefix_end(&dir), 0).await }
-        })?;
-        for (_, v) in pairs {
-            if let Ok(shard) = serde_json::from_slice::<UsageShard>(&v) {
-                for id in shard.keys.keys().filter(|id| !live(id)) {
-                    by_shard.entry(usage_shard(id)).or_default();
+        let read: Vec<(Vec<u8>, Vec<u8>, i64)> =
+            self.inner.bridge.run_read("read usage", move || {
+                let (mut kv, dir) = (kv.clone(), dir.clone());
+                async move {
+                    let end = prefix_end(&dir);
+                    let r = kv.get(dir, Some(GetOptions::new().with_range(end))).await?;
+                    Ok(r.kvs()
+                        .iter()
+                        .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.mod_revision()))
+                        .collect())
                 }
+            })?;
+        let mut known: BTreeMap<String, Option<(Vec<u8>, i64)>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<String, UsageMap> = BTreeMap::new();
+        for (k, v, m) in read {
+            let Some(shard) = k
+                .strip_prefix(self.inner.layout.usage_dir().as_bytes())
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            // A shard that does not parse is left to the merge below (which replaces it).
+            if let Ok(parsed) = serde_json::from_slice::<UsageShard>(&v)
+                && parsed.keys.keys().any(|id| !live(id))
+            {
+                by_shard.entry(shard.clone()).or_default();
             }
+            known.insert(shard, Some((v, m)));
         }
         for (id, u) in deltas {
             by_shard
@@ -1296,17 +1315,24 @@ impl KeyStore for EtcdStore {
         }
         for (shard, d) in by_shard {
             let key = self.inner.layout.usage(&shard);
+            // Absent from the read: the shard did not exist then.
+            let mut first = Some(known.remove(&shard).flatten());
             let mut done = false;
             for _ in 0..16 {
-                let mut kv = self.inner.client.kv_client();
-                let k2 = key.clone();
-                let cur = self.inner.bridge.run("read usage", async move {
-                    kv.get(k2, None).await.map(|r| {
-                        r.kvs()
-                            .first()
-                            .map(|kv| (kv.value().to_vec(), kv.mod_revision()))
-                    })
-                })?;
+                let cur = match first.take() {
+                    Some(cur) => cur,
+                    None => {
+                        let mut kv = self.inner.client.kv_client();
+                        let k2 = key.clone();
+                        self.inner.bridge.run("read usage", async move {
+                            kv.get(k2, None).await.map(|r| {
+                                r.kvs()
+                                    .first()
+                                    .map(|kv| (kv.value().to_vec(), kv.mod_revision()))
+                            })
+                        })?
+                    }
+                };
                 let (mut map, cmp) = match &cur {
                     Some((v, m)) => (
                         serde_json::from_slice::<UsageShard>(v)
@@ -1399,20 +1425,14 @@ impl KeyStore for EtcdStore {
             .transpose()
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
         self.transact(actor, now, true, &mut |st, _keys| {
-            let current = match &st.raw.window {
-                Some(v) => Some(self.parse_window(v)?).filter(|w| w.is_open(now)),
-                None => None,
-            };
-            match (window, current) {
-                (Some(_), Some(open)) => {
-                    return Err(Error::WindowOpen {
-                        ticket: open.ticket,
-                        expires_at: open.expires_at,
-                    });
-                }
-                // Nothing open (none recorded, or it expired): nothing to close, as on a file.
-                (None, None) => return Ok(None),
-                _ => {}
+            let recorded = st
+                .raw
+                .window
+                .as_deref()
+                .map(|v| self.parse_window(v))
+                .transpose()?;
+            if !xai_keys_core::window::plan_change(window, recorded, now)? {
+                return Ok(None);
             }
             Ok(Some(record_step(&key, value.as_deref(), &draft)))
         })

@@ -1185,16 +1185,8 @@ impl KeyStore for FileStore {
             LOCK_WAIT_NOTICE,
             self.opts.on_lock_wait,
         )?;
-        let current = self.change_window()?.filter(|w| w.is_open(now));
-        match (window, current) {
-            (Some(_), Some(open)) => {
-                return Err(Error::WindowOpen {
-                    ticket: open.ticket,
-                    expires_at: open.expires_at,
-                });
-            }
-            (None, None) => return Ok(None),
-            _ => {}
+        if !crate::window::plan_change(window, self.change_window()?, now)? {
+            return Ok(None);
         }
         if window.is_none() {
             match fs::remove_file(&self.window) {

@@ -457,14 +457,26 @@ async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) 
     }
 
     let forward_query = req.uri().query().and_then(strip_api_key);
-    if own && req.uri().path() != norm {
-        // Route the gateway's own endpoints on the normalised path.
-        let pq = match req.uri().query() {
-            Some(q) => format!("{norm}?{q}"),
-            None => norm.clone(),
-        };
-        if let Ok(u) = pq.parse::<Uri>() {
-            *req.uri_mut() = u;
+    if own {
+        // Route the gateway's own endpoints on the normalised path, percent-encoded again: a
+        // decoded `#` or `?` would otherwise end the path (routing `/{key_id}/rotate` as
+        // `/{key_id}`), and a decoded `%` would be decoded twice by the path extractor.
+        let path = encode_path(&norm);
+        if req.uri().path() != path {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            match pq.parse::<Uri>() {
+                Ok(u) => *req.uri_mut() = u,
+                Err(_) => {
+                    return ApiError::bad_request(
+                        "invalid_path",
+                        "the request path cannot be routed: request paths must be plain, normalised paths",
+                    )
+                    .into_response();
+                }
+            }
         }
     }
     // Only the access log needs it: no allocation per request when it is off.
@@ -541,6 +553,28 @@ fn auth_event(st: &AppState, f: &AuthFailure<'_>) {
 }
 
 /// `/admin` and everything under it (what `XAI_ADMIN_ALLOWED_NETWORKS` and lockdown fence).
+/// Bytes a path segment keeps as they are when a normalised path is written back for routing:
+/// RFC 3986's unreserved characters. Everything else (`#`, `?`, `%`, spaces, non-ASCII, ...)
+/// is percent-encoded, and the router's path extractor decodes it exactly once.
+const SEGMENT_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A normalised (decoded) path, each segment percent-encoded again.
+fn encode_path(norm: &str) -> String {
+    if norm == "/" {
+        return norm.to_string();
+    }
+    let mut out = String::with_capacity(norm.len() + 8);
+    for seg in norm.split('/').skip(1) {
+        out.push('/');
+        out.extend(percent_encoding::utf8_percent_encode(seg, SEGMENT_KEEP));
+    }
+    out
+}
+
 fn is_admin_path(norm: &str) -> bool {
     norm == "/admin" || norm.starts_with("/admin/")
 }
@@ -616,6 +650,22 @@ mod tests {
         }
         assert!(own_route(&Method::GET, "/admin/peers").is_none());
         assert!(own_route(&Method::POST, "/send").is_none());
+    }
+
+    #[test]
+    fn normalised_paths_are_encoded_again_for_routing() {
+        assert_eq!(encode_path("/"), "/");
+        assert_eq!(encode_path("/admin/api-keys"), "/admin/api-keys");
+        assert_eq!(encode_path("/admin/openapi.json"), "/admin/openapi.json");
+        assert_eq!(encode_path("/a/b#c/rotate"), "/a/b%23c/rotate");
+        assert_eq!(encode_path("/a/b?c/rotate"), "/a/b%3Fc/rotate");
+        assert_eq!(encode_path("/a/100%/x y"), "/a/100%25/x%20y");
+        assert_eq!(encode_path("/a/\u{b3}\u{da}"), "/a/%C2%B3%C3%9A");
+        for p in ["/a/b#c/rotate", "/a/b?c", "/a/%25/x y", "/\u{b3}"] {
+            let u: Uri = encode_path(p).parse().unwrap();
+            assert_eq!(u.query(), None, "{p}");
+            assert_eq!(normalize_path_with(u.path(), &[]).unwrap(), p);
+        }
     }
 
     #[test]

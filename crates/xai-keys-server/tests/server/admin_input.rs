@@ -537,6 +537,40 @@ async fn key_ids_in_paths_are_not_trimmed() {
         .ok(200);
 }
 
+/// A percent-escape in the `{key_id}` segment is decoded once and stays inside that segment:
+/// an encoded `#` or `?` does not end the path (schemathesis found `/{key_id}/rotate` answered
+/// as a 405 of `/{key_id}`), and an encoded `%` is not decoded a second time.
+#[tokio::test]
+async fn escapes_in_key_id_segments_stay_in_the_segment() {
+    let h = Harness::new();
+    let u = h.issue_http(json!({"label": "u"})).await;
+    for bad in [
+        "%C2%B3%C3%9A%23%C2%BA",
+        "ab%23cd",
+        "ab%3Fcd",
+        "%23",
+        "%3F",
+        "ab%2561",
+    ] {
+        for (m, tail) in [
+            (Method::POST, "/rotate"),
+            (Method::POST, "/disable"),
+            (Method::POST, "/enable"),
+            (Method::DELETE, ""),
+        ] {
+            let r = h
+                .send(req(m.clone(), &format!("/admin/api-keys/{bad}{tail}")).admin(&h.keys.admin))
+                .await;
+            r.err(400, "invalid_key_id");
+        }
+    }
+    // An escaped hex digit is still the key's id prefix, decoded once.
+    let escaped = format!("%{:02X}{}", u.id.as_bytes()[0], &u.id[1..12]);
+    h.send(post(&format!("/admin/api-keys/{escaped}/disable")).admin(&h.keys.admin))
+        .await
+        .ok(200);
+}
+
 /// A 405 for a method the gateway never accepts (TRACE) lists what the resource supports, as
 /// RFC 9110 asks (the router's own 405s always did).
 #[tokio::test]

@@ -559,7 +559,6 @@ async fn version_prefixes_reach_the_gateways_own_admin_api() {
         (Method::POST, format!("/admin/api-keys/{id}/bogus")),
         (Method::DELETE, format!("/admin/api-keys/{id}/extra")),
         (Method::GET, format!("/v1/admin/api-keys/{id}/rotate/x")),
-        (Method::DELETE, "/api/v1/admin/api-keys/%20abc".to_string()),
     ] {
         h.send(req(m.clone(), &p).key(&h.keys.user))
             .await
@@ -570,6 +569,16 @@ async fn version_prefixes_reach_the_gateways_own_admin_api() {
             .err(404, "not_found");
         assert!(msg.contains("openapi"), "{m} {p}: {msg}");
     }
+    // A prefixed path is routed exactly as the unprefixed one, whatever its escapes: a key id
+    // with an escaped space is refused as a key id (it was a 404 while the rewritten path could
+    // not be parsed back).
+    let p = "/api/v1/admin/api-keys/%20abc";
+    h.send(delete(p).key(&h.keys.user))
+        .await
+        .denied(403, "insufficient_scope");
+    h.send(delete(p).admin(&h.keys.admin))
+        .await
+        .err(400, "invalid_key_id");
 }
 
 #[tokio::test]

@@ -79,7 +79,10 @@ fn check_location(dir: &Path) -> bool {
     };
     assert_eq!(kind, expected, "{vol}");
     let c = check(&v, "encrypted_volume");
-    let encrypted = matches!(kind, "memory" | "dm_crypt" | "stacked_filesystem");
+    let encrypted = matches!(
+        kind,
+        "memory" | "dm_crypt" | "stacked_filesystem" | "zfs_native"
+    );
     assert_eq!(c["status"], if encrypted { "ok" } else { "warn" }, "{c}");
     assert!(c["detail"].as_str().unwrap().contains(&fstype), "{c}");
 
@@ -133,6 +136,140 @@ fn verify_reports_the_volume_the_store_is_on() {
         text.contains("encrypted_volume") && text.contains("memory filesystem"),
         "{text}"
     );
+}
+
+/// Mounts made by a test (root only), unmounted in reverse order on drop.
+struct Mounted(Vec<PathBuf>);
+
+impl Mounted {
+    /// `mount ARGS… AT`; whether it worked.
+    fn mount(&mut self, args: &[&str], at: &Path) -> bool {
+        let ok = StdCommand::new("mount")
+            .args(args)
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            self.0.push(at.to_path_buf());
+        }
+        ok
+    }
+
+    /// An overlay at `base/merged` of `lower` and `base/upper` (with `base/work`).
+    fn overlay(&mut self, base: &Path, lower: &Path) -> Option<PathBuf> {
+        let (upper, work, merged) = (base.join("upper"), base.join("work"), base.join("merged"));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        self.mount(&["-t", "overlay", "-o", &opts, "overlay"], &merged)
+            .then_some(merged)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for at in self.0.iter().rev() {
+            let _ = StdCommand::new("umount").arg(at).status();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    StdCommand::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[test]
+fn verify_follows_a_real_overlay_to_the_volumes_of_its_layers() {
+    // The directories first: dropped after the mounts in them are gone.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let disk = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&disk).unwrap();
+    let d = tempfile::tempdir_in(&disk).unwrap();
+    let mut mounts = Mounted(Vec::new());
+    // Every layer on tmpfs: the overlay is as safe as its layers, so "memory".
+    let lower = shm.path().join("lower");
+    std::fs::create_dir_all(lower.join("baked")).unwrap();
+    let Some(merged) = mounts.overlay(&shm.path().join("c1"), &lower) else {
+        // Only root can mount; CI runs as root. Say so loudly rather than pass silently.
+        eprintln!("SKIPPED verify_follows_a_real_overlay…: cannot mount an overlay (not root?)");
+        assert!(
+            !is_root(),
+            "running as root but `mount -t overlay` failed: this test must run in CI"
+        );
+        return;
+    };
+    let (code, v, stderr) = verify_json(&merged.join("keys/api_keys.json"), &[]);
+    assert_eq!(code, 0, "{v} {stderr}");
+    let vol = &v["volume"];
+    assert_eq!(vol["fs_type"], "overlay", "{vol}");
+    assert_eq!(vol["encryption"]["kind"], "memory", "{vol}");
+    assert_eq!(vol["layers"][0]["role"], "upper", "{vol}");
+    assert_eq!(vol["layers"][0]["volume"]["fs_type"], "tmpfs", "{vol}");
+    assert_eq!(vol["layers"][1]["dir"], lower.to_str().unwrap(), "{vol}");
+    let c = check(&v, "encrypted_volume");
+    assert_eq!(c["status"], "ok", "{c}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("overlay upper layer"),
+        "{c}"
+    );
+
+    // The upper layer on this machine's disk (when there is one): the overlay's verdict is the
+    // disk's, judged as `check_location` judges it.
+    let on_disk = findmnt(&disk)
+        .filter(|(fs, src, _)| fs != "tmpfs" && fs != "ramfs" && src.starts_with("/dev/"));
+    let Some((_, source, _)) = on_disk else {
+        eprintln!("note: no block-device-backed directory here; overlay checked on tmpfs only");
+        return;
+    };
+    let Some(merged) = mounts.overlay(d.path(), &lower) else {
+        // E.g. the target directory is itself on an overlay, which cannot be an upper layer.
+        eprintln!(
+            "note: cannot mount an overlay with its upper layer in {}",
+            disk.display()
+        );
+        return;
+    };
+    let expected = if lsblk_has_crypt(&source) {
+        "dm_crypt"
+    } else {
+        "plain"
+    };
+    let store = merged.join("keys/api_keys.json");
+    let (_, v, _) = verify_json(&store, &[]);
+    assert_eq!(v["volume"]["encryption"]["kind"], expected, "{v}");
+    assert_eq!(
+        v["volume"]["layers"][0]["volume"]["source"],
+        source.as_str(),
+        "{v}"
+    );
+
+    // A path that no longer leads to the upper layer (here: a tmpfs mounted over it, as a
+    // container's own directory of the same name would be) is not trusted, although what it
+    // leads to would count as encrypted.
+    assert!(mounts.mount(&["-t", "tmpfs", "tmpfs"], &d.path().join("upper")));
+    let (_, v, _) = verify_json(&store, &["--require-encrypted"]);
+    let enc = &v["volume"]["encryption"];
+    assert_eq!(enc["kind"], "unknown", "{v}");
+    assert!(
+        enc["reason"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to another mount namespace"),
+        "{v}"
+    );
+    assert_eq!(check(&v, "encrypted_volume")["status"], "fail", "{v}");
 }
 
 // ---------------------------------------------------------------------------------------------

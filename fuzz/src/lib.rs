@@ -114,3 +114,65 @@ pub fn split_section(data: &[u8]) -> Option<(&[u8], &[u8])> {
         .position(|w| w == SEP)
         .map(|i| (&data[..i], &data[i + SEP.len()..]))
 }
+
+/// Files framed in one input (the `store_load` target's format): a section starts with a
+/// marker line `#### NAME` at the start of the input or right after a `\n`, and holds every
+/// byte after the marker line up to, not including, the `\n` before the next marker line (or
+/// to the end of the input). So a file that ends with a newline is followed by an empty line
+/// before the next marker, and one that does not (a torn log) is followed directly by it.
+///
+/// ```text
+/// #### store
+/// {
+///   "5e88…": { … }
+/// }
+///
+/// #### log
+/// {"timestamp":…,"action":"issue",…}
+///
+/// #### pending
+/// …
+/// ```
+///
+/// Returns `(name, content)` for each section, in input order (bytes before the first marker
+/// are ignored; a marker line without its `\n` at the end of the input opens an empty
+/// section). Never panics.
+pub fn split_files(data: &[u8]) -> Vec<(&[u8], &[u8])> {
+    const MARK: &[u8] = b"#### ";
+    // (marker start, content start, name)
+    let mut marks: Vec<(usize, usize, &[u8])> = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let (l, rest) = line(&data[at..]);
+        let next = data.len() - rest.len();
+        if let Some(name) = l.strip_prefix(MARK) {
+            marks.push((at, next, name));
+        }
+        at = next;
+    }
+    let mut out = Vec::with_capacity(marks.len());
+    for (i, &(_, start, name)) in marks.iter().enumerate() {
+        let end = match marks.get(i + 1) {
+            // The `\n` before the next marker belongs to the framing.
+            Some(&(next, _, _)) => next.saturating_sub(1).max(start),
+            None => data.len(),
+        };
+        out.push((name, &data[start..end]));
+    }
+    out
+}
+
+/// The inverse of [`split_files`], for seed generators: `files` in order, each framed.
+pub fn frame_files(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, (name, content)) in files.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"#### ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(content);
+    }
+    out
+}

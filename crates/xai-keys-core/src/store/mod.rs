@@ -185,7 +185,10 @@ pub trait KeyStore: Send + Sync {
         Freshness::Live
     }
 
-    /// Reads the current keys. Never creates anything.
+    /// Reads the current keys. Creates no store, no log and no key; the file store may complete
+    /// an interrupted commit first (rolling its pending file forward or cutting an uncommitted
+    /// log tail, as a writer would) and, to do so or to look again at a store that does not match
+    /// its log, takes the writers' lock, creating the empty `<store>.lock` file.
     fn load(&self, now: f64) -> Result<Snapshot>;
 
     /// A cheap change detector (a few `stat` calls for the file store; nothing is read or

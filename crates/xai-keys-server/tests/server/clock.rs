@@ -548,6 +548,14 @@ async fn webhook_delivery_survives_a_backward_jump_and_expires_events_on_a_forwa
         .await,
         0.0
     );
+    // Everything queued before is delivered first (the notice about the failed deliveries
+    // above, accepted at T0, would be exactly 72 h old after the jump below: not expired, it
+    // would stay at the head of the queue and the disable event behind it would never be
+    // looked at; a race this test lost about once in 60 runs).
+    wait_until("the queue to drain", || async {
+        metric_sum(&h, "xai_security_webhook_queue_depth", &[]).await == 0.0
+    })
+    .await;
     // A forward jump past XAI_SECURITY_WEBHOOK_MAX_AGE (72 h) while the receiver fails: the
     // event is dead-lettered as too old (the defined outcome), not retried for ever.
     sink.status.store(500, Ordering::SeqCst);

@@ -12,6 +12,7 @@
 //! for how long it has not been confirmed; when etcd returns, the watch resumes from the last
 //! revision applied, and a compacted revision (history gone) means a full reload.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use xai_keys_core::record::RenderCache;
 use xai_keys_core::store::Freshness;
 
 use crate::layout::Layout;
-use crate::store::{Inner, RawState, State, read_raw};
+use crate::store::{Inner, RawState, State, parse_records, read_raw};
 
 /// How often the copy is confirmed against the head.
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(250);
@@ -83,13 +84,48 @@ impl Mirror {
 
     /// Replaces the copy with a full read.
     fn install(&self, raw: RawState) {
+        self.install_changed(raw, None);
+    }
+
+    /// Replaces the copy with `raw`. With `touched` (the record ids a watch response put or
+    /// deleted), only those records are parsed again and the others are taken from the
+    /// current parsed state; without it, or without a parsed state to start from, every
+    /// record is parsed. Either way the result is checked as a full read is (render, digest,
+    /// head, log tail).
+    fn install_changed(&self, raw: RawState, touched: Option<&BTreeMap<String, bool>>) {
         let mut sh = self.lock();
         let now = xai_keys_core_now();
         let ctx = xai_keys_core::record::LoadContext {
             now,
             default_ttl_secs: self.inner.opts.default_ttl_secs,
         };
-        let state = State::from_raw(raw.clone(), &self.inner.location, ctx, &mut sh.render);
+        let location = &self.inner.location;
+        let state = match (touched, sh.state.take()) {
+            (Some(touched), Some(prev)) => {
+                // The previous state is usually held here alone (a gateway's load copies the
+                // keys out): reuse its map rather than copying it.
+                let prev = Arc::try_unwrap(prev).unwrap_or_else(|shared| (*shared).clone());
+                let mut keys = prev.keys;
+                let put: BTreeMap<String, Vec<u8>> = touched
+                    .iter()
+                    .filter(|(_, put)| **put)
+                    .filter_map(|(id, _)| raw.records.get(id).map(|v| (id.clone(), v.clone())))
+                    .collect();
+                let deleted: std::collections::BTreeSet<&str> = touched
+                    .iter()
+                    .filter(|(_, put)| !**put)
+                    .map(|(id, _)| id.as_str())
+                    .collect();
+                if !deleted.is_empty() {
+                    keys.retain(|k, _| !deleted.contains(k.as_str()));
+                }
+                parse_records(&put, location, ctx).and_then(|parsed| {
+                    keys.extend(parsed);
+                    State::from_parsed(raw.clone(), keys, location, &mut sh.render)
+                })
+            }
+            _ => State::from_raw(raw.clone(), location, ctx, &mut sh.render),
+        };
         match state {
             Ok(s) => {
                 sh.state = Some(Arc::new(s));
@@ -208,6 +244,8 @@ impl Mirror {
     fn apply(&self, layout: &Layout, events: &[etcd_client::Event], rev: i64) -> bool {
         let mut raw = self.lock().raw.clone();
         let mut changed = false;
+        // Record ids put (true) or deleted (false) by these events: only they are parsed again.
+        let mut touched: BTreeMap<String, bool> = BTreeMap::new();
         for ev in events {
             let Some(kv) = ev.kv() else { continue };
             let key = kv.key();
@@ -223,6 +261,7 @@ impl Mirror {
                 raw.lockdown = value;
                 changed = true;
             } else if let Some(id) = layout.key_id(key) {
+                touched.insert(id.to_string(), value.is_some());
                 match value {
                     Some(v) => raw.records.insert(id.to_string(), v),
                     None => raw.records.remove(id),
@@ -244,7 +283,7 @@ impl Mirror {
         }
         raw.rev = rev.max(raw.rev);
         if changed {
-            self.install(raw);
+            self.install_changed(raw, Some(&touched));
         } else {
             let mut sh = self.lock();
             sh.raw.rev = raw.rev;

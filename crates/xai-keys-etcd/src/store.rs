@@ -437,6 +437,17 @@ impl State {
         render: &mut RenderCache,
     ) -> Result<State> {
         let keys = parse_records(&raw.records, location, ctx)?;
+        State::from_parsed(raw, keys, location, render)
+    }
+
+    /// [`State::from_raw`] with the records already parsed as `keys` (the watched copy parses
+    /// only the records a change touched).
+    pub(crate) fn from_parsed(
+        raw: RawState,
+        keys: KeyMap,
+        location: &str,
+        render: &mut RenderCache,
+    ) -> Result<State> {
         let bytes = record::render_store_cached(&keys, render);
         let digest = render.digest(&bytes);
         let mut warnings = Vec::new();
@@ -704,39 +715,75 @@ impl EtcdStore {
     ) -> Result<Option<CommitInfo>> {
         let layout = &self.inner.layout;
         let mut transport_retries = 0;
+        // Set when an attempt lost a race or its transport failed: the next one backs off. An
+        // attempt on the watched copy that is decided again on a fresh read does not wait.
+        let mut back_off = false;
         for attempt in 0..MAX_ATTEMPTS {
-            if attempt > 0 {
+            if std::mem::take(&mut back_off) {
                 // Jittered backoff: 2-20 ms growing with the attempt, so writers spread out.
                 let mut b = [0u8; 1];
                 let _ = getrandom::fill(&mut b);
                 let ms = 2 + u64::from(attempt.min(9)) * 2 + u64::from(b[0] % 8);
                 std::thread::sleep(Duration::from_millis(ms));
             }
-            let st = self.read_state_with(now, !anchored_only && tolerant_reads)?;
+            let tolerant = !anchored_only && tolerant_reads;
+            // A gateway's first attempt starts from its watched copy instead of reading every
+            // record again: the compare-and-swap on the head's revision commits it only if
+            // nothing changed since that copy's revision. Anything else the attempt would decide
+            // from the copy (a refusal, an error, nothing to do) is decided again on a fresh
+            // read, so only a commit the cluster accepted rests on the copy.
+            let from_copy = match (&self.mirror, attempt, tolerant) {
+                (Some(m), 0, false) => m.state(),
+                _ => None,
+            };
+            let on_copy = from_copy.is_some();
+            let st = match from_copy {
+                Some(st) => st,
+                None => Arc::new(self.read_state_with(now, tolerant)?),
+            };
             if anchored_only && !st.integrity.is_consistent() {
+                if on_copy {
+                    continue;
+                }
                 return Err(self.unanchored(&st));
             }
             let mut keys = st.keys.clone();
-            let Some(step_out) = step(&st, &mut keys)? else {
-                return Ok(None);
+            let step_out = match step(&st, &mut keys) {
+                Ok(Some(out)) if !(out.drafts.is_empty() && out.ops.is_empty()) => out,
+                _ if on_copy => continue,
+                Ok(Some(_)) => {
+                    return Ok(Some(CommitInfo {
+                        lines: Vec::new(),
+                        store_sha256: String::new(),
+                        warnings: st.warnings.clone(),
+                    }));
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(e),
             };
-            if step_out.drafts.is_empty() && step_out.ops.is_empty() {
-                return Ok(Some(CommitInfo {
-                    lines: Vec::new(),
-                    store_sha256: String::new(),
-                    warnings: st.warnings.clone(),
-                }));
-            }
-            let bytes = record::render_store(&keys);
-            let digest = sha256_hex(&bytes);
+            // Only the records that changed are rendered again (the store's render cache).
+            let digest = {
+                let mut render = self.render();
+                let bytes = record::render_store_cached(&keys, &mut render);
+                render.digest(&bytes)
+            };
             let mut prev = match tail_link(&st.raw.tail) {
                 Some(h) => h,
                 None => sha256_hex(&self.dump_log(st.raw.rev)?.0),
             };
             let first_seq = st.raw.tail.as_ref().map_or(0, |t| t.0) + 1;
             let mut ops: Vec<TxnOp> = Vec::new();
-            // Records: only what changed.
+            // Records: only what changed. A record equal to the one read from a stored value
+            // (and with nothing filled in at load) is that value: it is not serialised again.
             for (id, rec) in &keys {
+                if st.raw.records.contains_key(id.as_str())
+                    && st
+                        .keys
+                        .get(id)
+                        .is_some_and(|old| old == rec && !old.hydration.any())
+                {
+                    continue;
+                }
                 let v = serde_json::to_vec(rec).map_err(|e| {
                     Error::InvalidInput(format!("cannot serialise record {id}: {e}"))
                 })?;
@@ -823,7 +870,11 @@ impl EtcdStore {
                         warnings: st.warnings.clone(),
                     }));
                 }
-                Ok(_) => continue, // someone else committed first: read again
+                Ok(_) => {
+                    // Someone else committed first (or the watched copy was behind): read again.
+                    back_off = !on_copy;
+                    continue;
+                }
                 Err(e) => {
                     // The outcome is unknown: look for our first line where it would be.
                     let Some(text) = first_text else {
@@ -851,6 +902,7 @@ impl EtcdStore {
                         // connection that failed once after an outage), a few times at most.
                         Ok(_) if transport_retries < 3 => {
                             transport_retries += 1;
+                            back_off = true;
                             continue;
                         }
                         Ok(_) => {

@@ -197,6 +197,59 @@ fn concurrent_issues_through_separate_stores_all_land() {
     assert_verify_ok(&store);
 }
 
+/// Gateways (watched stores) start a change from their watched copy. A copy that is behind
+/// loses the compare-and-swap and the change is made again on a fresh read; a change the copy
+/// would refuse (a key issued elsewhere a moment ago that it has not seen yet) is decided again
+/// on a fresh read, never refused from the copy.
+#[test]
+fn changes_through_watched_copies_lose_nothing_and_refuse_nothing_wrongly() {
+    let c = cluster(1);
+    let url = c.url("cas/copies");
+    let plain = open_url(&url, &[], false);
+    let w1 = open_url(&url, &[], true);
+    // A key issued through an unwatched store, revoked at once through a watched one.
+    for i in 0..30 {
+        let k = issue(&plain, &format!("elsewhere-{i}"));
+        revoke(&w1, k.info.key_id.as_str());
+    }
+    // Two watched stores racing each other's copies, and an unwatched writer beside them.
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let store = open_url(&url, &[], t < 2);
+                let mut kept = Vec::new();
+                for i in 0..20 {
+                    let k = issue(&store, &format!("t{t}-{i}"));
+                    if i % 2 == 0 {
+                        revoke(&store, k.info.key_id.as_str());
+                    } else {
+                        kept.push(k.info.key_id.as_str().to_string());
+                    }
+                }
+                kept
+            })
+        })
+        .collect();
+    let mut kept: Vec<String> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(key_ids(&plain), kept);
+    wait_for(
+        Duration::from_secs(5),
+        "the watched copy to catch up",
+        || key_ids(&w1) == kept,
+    );
+    let evs = all_events(&plain);
+    // 30 issues and 30 revokes, then 60 issues and 30 revokes: each change audited once.
+    assert_eq!(evs.len(), 150);
+    assert_eq!(evs.iter().filter(|e| action(e) == "revoke").count(), 60);
+    assert_contiguous(&evs);
+    assert_verify_ok(&plain);
+}
+
 #[test]
 fn a_change_that_lost_the_race_is_audited_once() {
     let c = cluster(1);

@@ -1147,27 +1147,27 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, signed by the CA.
-fn make_pki(dir: &Path) {
-    let days = ["-days", "2"];
+/// A self-signed CA: `NAME.key` and `NAME.pem`, valid for `DAYS` days.
+fn self_signed_ca(dir: &Path, name: &str, cn: &str) {
+    let (key, pem, subj) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={cn}"),
+    );
     openssl(
         dir,
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=xai-test-ca",
-            days[0],
-            days[1],
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem,
+            "-subj", &subj, "-days", DAYS,
         ],
     );
+}
+
+const DAYS: &str = "2";
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, signed by the CA.
+fn make_pki(dir: &Path) {
+    self_signed_ca(dir, "ca", "xai-test-ca");
     for (name, usage) in [
         ("server", "serverAuth,clientAuth"),
         ("client", "clientAuth"),
@@ -1212,30 +1212,13 @@ fn make_pki(dir: &Path) {
                 &pem,
                 "-extfile",
                 &ext,
-                days[0],
-                days[1],
+                "-days",
+                DAYS,
             ],
         );
     }
     // A second CA that signed nothing here: trusting it must fail.
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.pem",
-            "-subj",
-            "/CN=other-ca",
-            days[0],
-            days[1],
-        ],
-    );
+    self_signed_ca(dir, "other", "other-ca");
 }
 
 /// One etcd member serving clients over TLS only, requiring client certificates.

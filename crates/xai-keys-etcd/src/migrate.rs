@@ -142,7 +142,7 @@ fn seed_records(to: &EtcdStore, keys: &KeyMap, now: f64) -> Result<()> {
     };
     let kept: std::collections::BTreeSet<&str> = keys.keys().map(|k| k.as_str()).collect();
     for id in st.raw.records.keys() {
-        if !kept.contains(id.as_str()) {
+        if !kept.contains(&**id) {
             ops.push(TxnOp::delete(layout.key(id), None));
             if ops.len() >= max_ops {
                 flush(&mut ops)?;
@@ -151,7 +151,7 @@ fn seed_records(to: &EtcdStore, keys: &KeyMap, now: f64) -> Result<()> {
     }
     for (id, rec) in keys {
         let v = serde_json::to_vec(rec).map_err(|e| Error::InvalidInput(e.to_string()))?;
-        if st.raw.records.get(id.as_str()) == Some(&v) {
+        if st.raw.records.get(id.as_str()).map(|s| &s[..]) == Some(&v[..]) {
             continue;
         }
         bytes += v.len();

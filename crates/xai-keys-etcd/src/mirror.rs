@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use xai_keys_core::Result;
-use xai_keys_core::record::RenderCache;
 use xai_keys_core::store::Freshness;
 
 use crate::layout::Layout;
-use crate::store::{Inner, RawState, State, parse_records, read_raw};
+use crate::store::{Inner, RawRecords, RawState, State, parse_records, read_raw};
 
 /// How often the copy is confirmed against the head.
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(250);
@@ -39,7 +38,6 @@ struct Shared {
     problem: Option<String>,
     /// Bumped whenever the copy changes (the gateway's store version).
     generation: u64,
-    render: RenderCache,
 }
 
 pub(crate) struct Mirror {
@@ -64,7 +62,6 @@ impl Mirror {
                 confirmed: Instant::now(),
                 problem: None,
                 generation: 0,
-                render: RenderCache::default(),
             }),
             moved: std::sync::Condvar::new(),
         });
@@ -106,10 +103,14 @@ impl Mirror {
                 // keys out): reuse its map rather than copying it.
                 let prev = Arc::try_unwrap(prev).unwrap_or_else(|shared| (*shared).clone());
                 let mut keys = prev.keys;
-                let put: BTreeMap<String, Vec<u8>> = touched
+                let put: RawRecords = touched
                     .iter()
                     .filter(|(_, put)| **put)
-                    .filter_map(|(id, _)| raw.records.get(id).map(|v| (id.clone(), v.clone())))
+                    .filter_map(|(id, _)| {
+                        raw.records
+                            .get_key_value(id.as_str())
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                    })
                     .collect();
                 let deleted: std::collections::BTreeSet<&str> = touched
                     .iter()
@@ -121,10 +122,10 @@ impl Mirror {
                 }
                 parse_records(&put, location, ctx).and_then(|parsed| {
                     keys.extend(parsed);
-                    State::from_parsed(raw.clone(), keys, location, &mut sh.render)
+                    State::from_parsed(raw.clone(), keys, location, &mut self.inner.render())
                 })
             }
-            _ => State::from_raw(raw.clone(), location, ctx, &mut sh.render),
+            _ => State::from_raw(raw.clone(), location, ctx, &mut self.inner.render()),
         };
         match state {
             Ok(s) => {
@@ -263,7 +264,7 @@ impl Mirror {
             } else if let Some(id) = layout.key_id(key) {
                 touched.insert(id.to_string(), value.is_some());
                 match value {
-                    Some(v) => raw.records.insert(id.to_string(), v),
+                    Some(v) => raw.records.insert(Arc::from(id), Arc::from(v)),
                     None => raw.records.remove(id),
                 };
                 changed = true;

@@ -208,8 +208,19 @@ pub(crate) struct Inner {
     pub(crate) layout: Layout,
     pub(crate) location: String,
     pub(crate) opts: EtcdOptions,
-    /// Kept between commits of a long-running process (the digest of a large store).
+    /// Kept between commits of a long-running process (the digest of a large store). One cache
+    /// for the writer and the watched copy: a commit renders the new records, and the copy that
+    /// then receives the same records renders them again from the cache.
     render: Mutex<RenderCache>,
+}
+
+impl Inner {
+    /// The render cache. Taken after the mirror's lock when both are held, never before.
+    pub(crate) fn render(&self) -> std::sync::MutexGuard<'_, RenderCache> {
+        self.render
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The key store on etcd. Cheap to share (`Arc` inside).
@@ -226,6 +237,11 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
+/// Record values by key id, as stored. Ids and values are reference-counted: the watched copy,
+/// the states parsed from it and the copy a watch response is applied to share every value
+/// rather than each holding its own (at 100,000 keys the values are about 25 MB).
+pub(crate) type RawRecords = BTreeMap<Arc<str>, Arc<[u8]>>;
+
 /// Everything under the prefix that decides the keys, read at one revision.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RawState {
@@ -233,7 +249,7 @@ pub(crate) struct RawState {
     /// The head's value and `mod_revision`.
     pub head: Option<(Vec<u8>, i64)>,
     /// Record values by key id.
-    pub records: BTreeMap<String, Vec<u8>>,
+    pub records: RawRecords,
     pub window: Option<Vec<u8>>,
     pub lockdown: Option<Vec<u8>>,
     /// The last log line: its sequence number and text.
@@ -369,7 +385,7 @@ pub(crate) async fn read_raw(
     let mut last_key = None;
     for kv in first.kvs() {
         if let Some(id) = layout.key_id(kv.key()) {
-            records.insert(id.to_string(), kv.value().to_vec());
+            records.insert(Arc::from(id), Arc::from(kv.value()));
         }
         last_key = Some(kv.key().to_vec());
     }
@@ -380,7 +396,7 @@ pub(crate) async fn read_raw(
         let (pairs, _) = range_all(kv.clone(), from, prefix_end(&dir), rev).await?;
         for (k, v) in pairs {
             if let Some(id) = layout.key_id(&k) {
-                records.insert(id.to_string(), v);
+                records.insert(Arc::from(id), Arc::from(v));
             }
         }
     }
@@ -397,7 +413,7 @@ pub(crate) async fn read_raw(
 /// Parses record values into a map, through the file store's own parser (the same checks,
 /// the same legacy hydration).
 pub(crate) fn parse_records(
-    records: &BTreeMap<String, Vec<u8>>,
+    records: &RawRecords,
     location: &str,
     ctx: LoadContext,
 ) -> Result<KeyMap> {
@@ -408,7 +424,7 @@ pub(crate) fn parse_records(
             buf.push(b',');
         }
         // Ids come from key names: quote them as JSON strings (a bad one fails the parse).
-        let quoted = serde_json::to_vec(id).unwrap_or_default();
+        let quoted = serde_json::to_vec(&**id).unwrap_or_default();
         buf.extend_from_slice(&quoted);
         buf.push(b':');
         buf.extend_from_slice(v);
@@ -608,10 +624,7 @@ impl EtcdStore {
     }
 
     fn render(&self) -> std::sync::MutexGuard<'_, RenderCache> {
-        self.inner
-            .render
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.render()
     }
 
     /// Reads and checks the current state (one revision).
@@ -787,13 +800,13 @@ impl EtcdStore {
                 let v = serde_json::to_vec(rec).map_err(|e| {
                     Error::InvalidInput(format!("cannot serialise record {id}: {e}"))
                 })?;
-                if st.raw.records.get(id.as_str()) != Some(&v) {
+                if st.raw.records.get(id.as_str()).map(|s| &s[..]) != Some(&v[..]) {
                     ops.push(TxnOp::put(layout.key(id.as_str()), v, None));
                 }
             }
             let kept: std::collections::BTreeSet<&str> = keys.keys().map(|k| k.as_str()).collect();
             for id in st.raw.records.keys() {
-                if !kept.contains(id.as_str()) {
+                if !kept.contains(&**id) {
                     ops.push(TxnOp::delete(layout.key(id), None));
                 }
             }

@@ -380,6 +380,7 @@ pub fn plan_restore(
         revoked_since_backup: revoked,
         restricted_since_backup: restricted,
         dropped_keys: dropped,
+        transactions: 1,
     };
     (keys, draft, report)
 }

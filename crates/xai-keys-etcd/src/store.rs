@@ -27,12 +27,12 @@ use xai_keys_core::audit::{
     FollowSource, LogFollower,
 };
 use xai_keys_core::lockdown::Lockdown;
-use xai_keys_core::record::{self, KeyMap, LoadContext, RenderCache};
+use xai_keys_core::record::{self, KeyMap, KeyRecord, LoadContext, RenderCache};
 use xai_keys_core::store::{
     BackupManifest, Change, Check, CommitInfo, Freshness, Integrity, KeyStore, RestoreReport,
     Snapshot, StoreVersion, VerifyOptions, VerifyReport,
 };
-use xai_keys_core::token::sha256_hex;
+use xai_keys_core::token::{KeyId, sha256_hex};
 use xai_keys_core::usage::{self, KeyUsage, UsageMap};
 use xai_keys_core::window::ChangeWindow;
 use xai_keys_core::{Error, Result};
@@ -786,21 +786,9 @@ impl EtcdStore {
             };
             let first_seq = st.raw.tail.as_ref().map_or(0, |t| t.0) + 1;
             let mut ops: Vec<TxnOp> = Vec::new();
-            // Records: only what changed. A record equal to the one read from a stored value
-            // (and with nothing filled in at load) is that value: it is not serialised again.
+            // Records: only what changed.
             for (id, rec) in &keys {
-                if st.raw.records.contains_key(id.as_str())
-                    && st
-                        .keys
-                        .get(id)
-                        .is_some_and(|old| old == rec && !old.hydration.any())
-                {
-                    continue;
-                }
-                let v = serde_json::to_vec(rec).map_err(|e| {
-                    Error::InvalidInput(format!("cannot serialise record {id}: {e}"))
-                })?;
-                if st.raw.records.get(id.as_str()).map(|s| &s[..]) != Some(&v[..]) {
+                if let Some(v) = rewritten_value(&st, id, rec)? {
                     ops.push(TxnOp::put(layout.key(id.as_str()), v, None));
                 }
             }
@@ -1280,29 +1268,94 @@ impl KeyStore for EtcdStore {
             crate::migrate::seed_log(self, &backup_log)?;
         }
         let window = xai_keys_core::window::current(self, now).ok().flatten();
-        let mut report = None;
-        self.transact_with(actor, now, false, true, &mut |st, keys| {
-            let (live_log, _) = self.dump_log(st.raw.rev)?;
-            let (planned, draft, rep) = xai_keys_core::backup::plan_restore(
-                from,
-                &manifest,
-                &backup_keys,
-                &backup_log,
-                &live_log,
-                &st.keys,
-                window.as_ref(),
-            );
-            *keys = planned;
-            report = Some(rep);
-            Ok(Some(Step {
-                drafts: vec![draft],
-                ops: Vec::new(),
-            }))
-        })?;
-        report.ok_or_else(|| Error::Backup {
+        // Records one transaction may change: the cluster's limit less the restore's audit
+        // line, the head and a margin.
+        let budget = self.inner.opts.max_txn_ops.saturating_sub(4).max(1);
+        let mut report: Option<RestoreReport> = None;
+        let mut part = 0usize;
+        // Changes left after the last part: each part must leave fewer.
+        let mut left_before: Option<usize> = None;
+        loop {
+            part += 1;
+            // Each part is planned again on the state it commits to: a key revoked between two
+            // parts is left out of the parts after it, as a single restore would leave it out.
+            let mut planned_report = None;
+            let mut finished = false;
+            let mut left_before_next = None;
+            self.transact_with(actor, now, false, true, &mut |st, keys| {
+                let (live_log, _) = self.dump_log(st.raw.rev)?;
+                let (planned, mut draft, rep) = xai_keys_core::backup::plan_restore(
+                    from,
+                    &manifest,
+                    &backup_keys,
+                    &backup_log,
+                    &live_log,
+                    &st.keys,
+                    window.as_ref(),
+                );
+                let changes = restore_changes(st, &planned);
+                if left_before.is_some_and(|before| changes.len() > before) {
+                    // Other writers are adding changes faster than the parts apply them.
+                    return Err(Error::Unavailable {
+                        store: self.inner.location.clone(),
+                        problem: format!(
+                            "the restore from {} is not converging: {} record changes are left after part {}, more than the {} left before it; other writers keep changing the store. Every part so far is committed and audited (restrictions first); stop the other writers and run the restore again to finish it",
+                            from.display(),
+                            changes.len(),
+                            part - 1,
+                            left_before.unwrap_or_default()
+                        ),
+                    });
+                }
+                finished = changes.len() <= budget;
+                if finished {
+                    *keys = planned;
+                    if part > 1 {
+                        draft = draft
+                            .with("part", part)
+                            .with("records_changed", changes.len())
+                            .with("records_left", 0);
+                    }
+                } else {
+                    // More than one transaction may carry: this part applies the first
+                    // `budget` changes, restrictive ones first, so that every state between
+                    // two parts holds each key either as it was or as the restore leaves it.
+                    let left = changes.len() - budget;
+                    let mut partial = st.keys.clone();
+                    for (id, rec) in changes.into_iter().take(budget) {
+                        match rec {
+                            Some(r) => partial.insert(id, r),
+                            None => partial.remove(&id),
+                        };
+                    }
+                    *keys = partial;
+                    draft = draft
+                        .with("part", part)
+                        .with("records_changed", budget)
+                        .with("records_left", left);
+                    left_before_next = Some(left);
+                }
+                planned_report = Some(rep);
+                Ok(Some(Step {
+                    drafts: vec![draft],
+                    ops: Vec::new(),
+                }))
+            })?;
+            // The report describes the whole restore: the plan made before its first part.
+            if report.is_none() {
+                report = planned_report;
+            }
+            if finished {
+                break;
+            }
+            left_before = left_before_next;
+        }
+        let mut report = report.ok_or_else(|| Error::Backup {
             path: from.to_path_buf(),
             problem: "restore planned nothing".into(),
-        })
+        })?;
+        report.transactions = part;
+        Ok(report)
     }
 
     fn usage(&self) -> Result<UsageMap> {
@@ -1532,6 +1585,51 @@ impl KeyStore for EtcdStore {
             Ok(Some(record_step(&key, value.as_deref(), &draft)))
         })
     }
+}
+
+/// The value to write for record `id` when a commit on `st` leaves it as `rec`, or `None` when
+/// the stored value already is that record. A record equal to the one read from a stored value
+/// (and with nothing filled in at load) is that value: it is not serialised again.
+fn rewritten_value(st: &State, id: &KeyId, rec: &KeyRecord) -> Result<Option<Vec<u8>>> {
+    if st.raw.records.contains_key(id.as_str())
+        && st
+            .keys
+            .get(id)
+            .is_some_and(|old| old == rec && !old.hydration.any())
+    {
+        return Ok(None);
+    }
+    let v = serde_json::to_vec(rec)
+        .map_err(|e| Error::InvalidInput(format!("cannot serialise record {id}: {e}")))?;
+    Ok((st.raw.records.get(id.as_str()).map(|s| &s[..]) != Some(&v[..])).then_some(v))
+}
+
+/// The record changes taking the state `st` to `target`, restrictive ones first: removals,
+/// then changed records, then records added back. Any prefix of this list applied to the live
+/// keys leaves each key either as it is live or as it is in `target`, never in a third form.
+/// Changes are counted as the writer counts them ([`rewritten_value`]); a record that cannot
+/// be serialised counts as a change (its part then fails with that error).
+fn restore_changes(st: &State, target: &KeyMap) -> Vec<(KeyId, Option<KeyRecord>)> {
+    let removed = st
+        .keys
+        .keys()
+        .filter(|id| !target.contains_key(*id))
+        .map(|id| (id.clone(), None));
+    let rewritten =
+        |id: &KeyId, rec: &KeyRecord| rewritten_value(st, id, rec).map_or(true, |v| v.is_some());
+    let changed = target
+        .iter()
+        .filter(|(id, rec)| st.keys.contains_key(*id) && rewritten(id, rec));
+    let added = target
+        .iter()
+        .filter(|(id, rec)| !st.keys.contains_key(*id) && rewritten(id, rec));
+    removed
+        .chain(
+            changed
+                .chain(added)
+                .map(|(id, rec)| (id.clone(), Some(rec.clone()))),
+        )
+        .collect()
 }
 
 /// A state record written (`Some`) or removed (`None`) with its audit line.

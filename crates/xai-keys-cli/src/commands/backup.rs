@@ -63,6 +63,12 @@ pub fn restore(a: RestoreArgs, cfg: &Config) -> Result<bool> {
             r.restored_keys,
             a.path.display()
         ))?;
+        if r.transactions > 1 {
+            output::line(format!(
+                "  in {} transactions (more records changed than one etcd transaction may carry): each one audited, restrictions first",
+                r.transactions
+            ))?;
+        }
         for id in &r.revoked_since_backup {
             output::line(format!(
                 "  left out {id}: revoked after the backup was taken"

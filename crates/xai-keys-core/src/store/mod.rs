@@ -151,6 +151,10 @@ pub struct RestoreReport {
     pub restricted_since_backup: Vec<String>,
     /// Keys in the live store that the backup does not have (issued after it): dropped.
     pub dropped_keys: Vec<String>,
+    /// Transactions the restore was committed in: 1, unless the backend bounds a transaction
+    /// (etcd's `--max-txn-ops`) below the records it rewrites; then each part is its own audited
+    /// commit, restrictions first (see the etcd backend's `restore`).
+    pub transactions: usize,
 }
 
 /// A change applied under the store's exclusive lock to a freshly read map. It returns the

@@ -748,6 +748,127 @@ fn backup_restore_round_trip() {
     assert_verify_ok(&e);
 }
 
+/// The cluster's current revision.
+fn revision(c: &EtcdCluster) -> i64 {
+    let out = c.etcdctl(&["get", "/", "-w", "json"]).unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["header"]["revision"].as_i64().unwrap()
+}
+
+/// The records under `prefix` at revision `rev` (0: now), by key id.
+fn records_at(c: &EtcdCluster, prefix: &str, rev: i64) -> BTreeMap<String, String> {
+    let dir = format!("/{prefix}/keys/");
+    let rev = format!("--rev={rev}");
+    let out = c.etcdctl(&["get", "--prefix", &dir, &rev]).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len() % 2, 0, "key and value lines: {out}");
+    lines
+        .chunks(2)
+        .map(|kv| {
+            (
+                kv[0].strip_prefix(&dir).unwrap().to_string(),
+                kv[1].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_restore_larger_than_one_transaction_commits_in_audited_parts_restrictions_first() {
+    let c = cluster(1);
+    // 8 operations per transaction: 4 record changes per part.
+    let s = open_url(&c.url("rs/a"), &[("XAI_ETCD_MAX_TXN_OPS", "8")], false);
+    let ks: Vec<IssuedKey> = (0..12).map(|i| issue(&s, &format!("k{i}"))).collect();
+    let id = |i: usize| ks[i].info.key_id.as_str().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("b");
+    s.backup(&dir, now()).unwrap();
+
+    // After the backup: one key revoked (never to come back), one disabled (stays disabled),
+    // five issued (dropped by the restore), and five records lost outside xai-keys (brought
+    // back by it).
+    revoke(&s, &id(2));
+    s.commit(&actor(), now(), &mut |keys: &mut KeyMap| {
+        let k = keys.get_mut(&ks[3].info.key_id).unwrap();
+        k.disabled = true;
+        Ok(vec![AuditDraft::new("disable", Some(id(3).as_str()))])
+    })
+    .unwrap();
+    let new: Vec<String> = (0..5)
+        .map(|i| issue(&s, &format!("n{i}")).info.key_id.as_str().to_string())
+        .collect();
+    for i in 5..10 {
+        c.etcdctl(&["del", &format!("/rs/a/keys/{}", id(i))])
+            .unwrap();
+    }
+    assert_eq!(s.load(now()).unwrap().integrity, Integrity::Mismatch);
+    let before = records_at(&c, "rs/a", 0);
+    let rev_before = revision(&c);
+    let lines_before = all_events(&s).len();
+
+    let rep = s.restore(&dir, &actor(), now()).unwrap();
+    // 5 removals and 5 additions, 4 per part.
+    assert_eq!(rep.transactions, 3, "{rep:?}");
+    assert_eq!(rep.revoked_since_backup, vec![id(2)]);
+    assert_eq!(rep.restricted_since_backup, vec![id(3)]);
+    let mut dropped = new.clone();
+    dropped.sort();
+    assert_eq!(rep.dropped_keys, dropped);
+
+    let after = records_at(&c, "rs/a", 0);
+    let mut want: Vec<String> = (0..12).filter(|i| *i != 2).map(id).collect();
+    want.sort();
+    assert_eq!(after.keys().cloned().collect::<Vec<_>>(), want);
+    assert!(s.load(now()).unwrap().keys[&ks[3].info.key_id].disabled);
+    assert_eq!(s.load(now()).unwrap().integrity, Integrity::Recorded);
+    assert_verify_ok(&s);
+
+    // Every part is its own audited commit, and says how far the restore has come.
+    let evs = all_events(&s);
+    let parts: Vec<&AuditEvent> = evs[lines_before..].iter().collect();
+    assert_eq!(parts.len(), 3);
+    for (n, (e, left)) in parts.iter().zip([6, 2, 0]).enumerate() {
+        assert_eq!(action(e), "restore");
+        assert_eq!(e.get("part").and_then(Value::as_u64), Some(n as u64 + 1));
+        assert_eq!(e.get("records_left").and_then(Value::as_u64), Some(left));
+    }
+    assert_contiguous(&evs);
+
+    // Between the parts, every key the store held was as it was before or as the restore left
+    // it, and the removals came first: no key revived before every dropped key was gone.
+    let rev_after = revision(&c);
+    let mut seen_states = 0;
+    for rev in rev_before + 1..=rev_after {
+        let at = records_at(&c, "rs/a", rev);
+        for (k, v) in &at {
+            assert!(
+                before.get(k) == Some(v) || after.get(k) == Some(v),
+                "revision {rev}: {k} is in neither the state before nor after the restore"
+            );
+        }
+        assert!(
+            !at.contains_key(&id(2)),
+            "revision {rev}: the revoked key came back"
+        );
+        let revived = (5..10).filter(|i| at.contains_key(&id(*i))).count();
+        let dropped_left = new.iter().filter(|k| at.contains_key(*k)).count();
+        assert!(
+            revived == 0 || dropped_left == 0,
+            "revision {rev}: {revived} keys brought back while {dropped_left} dropped keys remain"
+        );
+        seen_states += 1;
+    }
+    assert_eq!(seen_states, 3, "one revision per part");
+
+    // Within the limit the restore stays one transaction, with no part fields.
+    let rep = s.restore(&dir, &actor(), now()).unwrap();
+    assert_eq!(rep.transactions, 1);
+    let last = all_events(&s).pop().unwrap();
+    assert_eq!(action(&last), "restore");
+    assert!(last.get("part").is_none());
+    assert_verify_ok(&s);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Usage statistics
 

@@ -1841,6 +1841,61 @@ fn restore_never_revives_revoked_keys_reports_dropped_ones_and_only_appends_to_t
     assert_eq!(code, 0, "{rep}");
 }
 
+/// A restore that rewrites more records than one etcd transaction may carry: on etcd it is
+/// committed in audited parts and says so; on a file it is one commit. Same result either way.
+#[test]
+fn a_restore_bigger_than_one_transaction_is_committed_in_parts_on_etcd() {
+    let env = Env::new();
+    let (_, kept) = env.issue("user", "kept");
+    let bk = env.dir.path().join("bk");
+    env.ok(&["backup", "--out", bk.to_str().unwrap()]);
+    // Ten keys issued after the backup: the restore drops them (ten record removals).
+    let mut dropped: Vec<String> = (0..10)
+        .map(|i| env.issue("user", &format!("after-{i}")).1)
+        .collect();
+    dropped.sort();
+    let before = all_events(&env).len();
+    // 8 operations per transaction leave room for 4 record changes per part.
+    let out = env
+        .cmd()
+        .env("XAI_ETCD_MAX_TXN_OPS", "8")
+        .args(["restore", bk.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, &["restore"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dropped_keys"], json!(dropped), "{v}");
+    let parts = if env.is_etcd() { 3 } else { 1 };
+    assert_eq!(v["transactions"], parts, "{v}");
+    assert_eq!(env.ids(), vec![kept.clone()]);
+    let evs = all_events(&env);
+    let lines = &evs[before..];
+    assert_eq!(lines.len(), parts, "one restore line per transaction");
+    assert!(lines.iter().all(|e| e["action"] == "restore"));
+    if env.is_etcd() {
+        let left: Vec<&Value> = lines.iter().map(|e| &e["records_left"]).collect();
+        assert_eq!(left, [&json!(6), &json!(2), &json!(0)]);
+    }
+    let (code, rep) = env.verify();
+    assert_eq!(code, 0, "{rep}");
+
+    // For people, the parts are named when there were several.
+    for i in 0..10 {
+        env.issue("user", &format!("again-{i}"));
+    }
+    let out = base_cmd()
+        .arg("--store")
+        .arg(&env.store)
+        .args(["-o", "table", "restore", bk.to_str().unwrap()])
+        .env("XAI_ETCD_MAX_TXN_OPS", "8")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, &["restore"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.contains("in 3 transactions"), env.is_etcd(), "{text}");
+    assert_eq!(env.ids(), vec![kept]);
+}
+
 #[test]
 fn restore_is_the_way_out_of_a_corrupt_store() {
     let env = Env::new();

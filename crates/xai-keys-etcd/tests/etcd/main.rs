@@ -869,6 +869,68 @@ fn a_restore_larger_than_one_transaction_commits_in_audited_parts_restrictions_f
     assert_verify_ok(&s);
 }
 
+#[test]
+fn a_restore_in_parts_racing_writers_never_revives_a_key_revoked_meanwhile() {
+    let c = cluster(1);
+    let url = c.url("rr/a");
+    let vars = [("XAI_ETCD_MAX_TXN_OPS", "8")];
+    let s = open_url(&url, &vars, false);
+    let ks: Vec<IssuedKey> = (0..6).map(|i| issue(&s, &format!("k{i}"))).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("b");
+    s.backup(&dir, now()).unwrap();
+    // 30 keys after the backup: 30 removals, 4 per part.
+    for i in 0..30 {
+        issue(&s, &format!("after-{i}"));
+    }
+    let victim = ks[0].info.key_id.as_str().to_string();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let outcome = std::thread::scope(|scope| {
+        // Another admin, on another connection, while the restore runs: revokes a key the
+        // backup holds, then keeps issuing keys (each one more change for the restore).
+        let racer = scope.spawn(|| {
+            let other = open_url(&url, &vars, false);
+            revoke(&other, &victim);
+            let mut issued = 0;
+            while !stop.load(Ordering::Relaxed) && issued < 200 {
+                issue(&other, &format!("racing-{issued}"));
+                issued += 1;
+            }
+        });
+        let outcome = s.restore(&dir, &actor(), now());
+        stop.store(true, Ordering::Relaxed);
+        racer.join().unwrap();
+        outcome
+    });
+    match &outcome {
+        Ok(rep) => assert!(rep.transactions >= 2, "{rep:?}"),
+        Err(e) => assert!(
+            e.to_string().contains("not converging")
+                && e.to_string().contains("run the restore again"),
+            "{e}"
+        ),
+    }
+    // Whichever way the race went, the revoked key is not back, and the store is whole.
+    assert!(
+        !key_ids(&s).contains(&victim),
+        "a key revoked during the restore came back: {outcome:?}"
+    );
+    assert_eq!(s.load(now()).unwrap().integrity, Integrity::Recorded);
+    assert_contiguous(&all_events(&s));
+    assert_verify_ok(&s);
+    // And a restore run again, with nobody racing it, finishes: only the backup's keys but the
+    // revoked one.
+    let rep = s.restore(&dir, &actor(), now()).unwrap();
+    assert!(rep.transactions >= 1);
+    let mut want: Vec<String> = ks[1..]
+        .iter()
+        .map(|k| k.info.key_id.as_str().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(key_ids(&s), want);
+    assert_verify_ok(&s);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Usage statistics
 

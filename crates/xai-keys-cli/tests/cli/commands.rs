@@ -113,10 +113,16 @@ pub fn chmod(p: &Path, mode: u32) {
 
 /// `xai-keys --store … -o table ARGS`, asserting exit 0.
 pub fn table(env: &Env, args: &[&str]) -> Output {
+    table_with(env, &[], args)
+}
+
+/// [`table`] with these variables set.
+pub fn table_with(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> Output {
     let out = base_cmd()
         .arg("--store")
         .arg(&env.store)
         .args(["-o", "table"])
+        .envs(vars.iter().copied())
         .args(args)
         .output()
         .unwrap();
@@ -1856,14 +1862,9 @@ fn a_restore_bigger_than_one_transaction_is_committed_in_parts_on_etcd() {
     dropped.sort();
     let before = all_events(&env).len();
     // 8 operations per transaction leave room for 4 record changes per part.
-    let out = env
-        .cmd()
-        .env("XAI_ETCD_MAX_TXN_OPS", "8")
-        .args(["restore", bk.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_exit(&out, 0, &["restore"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ops = [("XAI_ETCD_MAX_TXN_OPS", "8")];
+    let restore = ["restore", bk.to_str().unwrap()];
+    let v = env.ok_with(&ops, &restore);
     assert_eq!(v["dropped_keys"], json!(dropped), "{v}");
     let parts = if env.is_etcd() { 3 } else { 1 };
     assert_eq!(v["transactions"], parts, "{v}");
@@ -1883,14 +1884,7 @@ fn a_restore_bigger_than_one_transaction_is_committed_in_parts_on_etcd() {
     for i in 0..10 {
         env.issue("user", &format!("again-{i}"));
     }
-    let out = base_cmd()
-        .arg("--store")
-        .arg(&env.store)
-        .args(["-o", "table", "restore", bk.to_str().unwrap()])
-        .env("XAI_ETCD_MAX_TXN_OPS", "8")
-        .output()
-        .unwrap();
-    assert_exit(&out, 0, &["restore"]);
+    let out = table_with(&env, &ops, &restore);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.contains("in 3 transactions"), env.is_etcd(), "{text}");
     assert_eq!(env.ids(), vec![kept]);

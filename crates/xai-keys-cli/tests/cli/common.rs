@@ -251,7 +251,17 @@ impl Env {
     }
     /// Runs and asserts exit 0; parses stdout as JSON.
     pub fn ok(&self, args: &[&str]) -> Value {
-        let out = self.cmd().args(args).output().unwrap();
+        self.ok_with(&[], args)
+    }
+
+    /// [`Env::ok`] with these variables set.
+    pub fn ok_with(&self, vars: &[(&str, &str)], args: &[&str]) -> Value {
+        let out = self
+            .cmd()
+            .envs(vars.iter().copied())
+            .args(args)
+            .output()
+            .unwrap();
         assert_exit(&out, 0, args);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
